@@ -1,0 +1,138 @@
+"""Shared fixtures: an ordinary user to build and run as, and helpers to do so.
+
+CI runs as root, but every user-facing build or run path must be exercised as
+an unprivileged user.  The session creates one (``useradd -m`` gives it
+subordinate UID/GID ranges) and tests run hpcstack as that user through
+``runuser``.  When the suite itself runs as an ordinary user, it uses that
+user directly.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TEST_USER = os.environ.get("HPCSTACK_TEST_USER", "hpctest")
+REPO = Path(__file__).resolve().parent.parent
+HPCSTACK_PREFIX = Path(os.environ.get("HPCSTACK_PREFIX", "/opt/hpcstack"))
+
+
+@dataclass(frozen=True)
+class User:
+    """An ordinary account: runs commands as itself, with its own home."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            "HOME": str(self.home),
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "PATH": f"{HPCSTACK_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "LANG": "C.UTF-8",
+            "TMPDIR": str(self.home / "tmp"),
+        }
+        env.update(extra)
+        return env
+
+    def argv(self, argv: Sequence[str], env: dict[str, str]) -> list[str]:
+        """The command line that runs ``argv`` as this user with exactly ``env``."""
+        envargs = [f"{k}={v}" for k, v in env.items()]
+        if os.geteuid() == self.uid:
+            return ["env", "-i", *envargs, *argv]
+        return ["runuser", "-u", self.name, "--", "env", "-i", *envargs, *argv]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path | str | None = None,
+        check: bool = False,
+        timeout: float = 900,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` as this user; output captured as text."""
+        proc = subprocess.run(
+            self.argv(argv, self.env(**(env or {}))),
+            cwd=cwd or self.home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{list(argv)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
+                f"--- stderr\n{proc.stderr}"
+            )
+        return proc
+
+    def hpcstack(self, *args: str, **kw) -> subprocess.CompletedProcess[str]:
+        return self.run([str(HPCSTACK_PREFIX / "bin" / "hpcstack"), *args], **kw)
+
+    def workdir(self, name: str) -> Path:
+        """A fresh directory owned by the user under its home."""
+        path = self.home / "work" / name
+        self.run(["rm", "-rf", str(path)])
+        self.run(["mkdir", "-p", str(path)], check=True)
+        return path
+
+
+def _ensure_user(name: str) -> User:
+    if os.geteuid() != 0:
+        pw = pwd.getpwuid(os.geteuid())
+        return User(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True)
+        pw = pwd.getpwnam(name)
+    subids = Path("/etc/subuid").read_text() if Path("/etc/subuid").exists() else ""
+    if not any(line.startswith(f"{name}:") for line in subids.splitlines()):
+        # useradd fills these on Debian; an account made otherwise gets a range here.
+        subprocess.run(
+            [
+                "usermod",
+                "--add-subuids",
+                "2000000-2065535",
+                "--add-subgids",
+                "2000000-2065535",
+                name,
+            ],
+            check=True,
+        )
+    home = Path(pw.pw_dir)
+    user = User(name, pw.pw_uid, pw.pw_gid, home)
+    user.run(["mkdir", "-p", str(home / "tmp")], check=True)
+    return user
+
+
+@pytest.fixture(scope="session")
+def user() -> User:
+    """The unprivileged account every build and run test uses."""
+    return _ensure_user(TEST_USER)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+def need(*tools: str) -> None:
+    """Skip unless every tool is on PATH (CI installs them all; a skip there is a bug)."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is missing {', '.join(missing)}")
+        pytest.skip(f"needs {', '.join(missing)}")
