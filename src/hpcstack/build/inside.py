@@ -1,0 +1,355 @@
+"""The part of a build that runs as fake root inside the build namespace.
+
+Started by the builder as ``unshare … python -m hpcstack.build.inside PLAN``.
+It executes a :class:`~hpcstack.build.plan.Plan` stage by stage, in Apptainer's
+order: bootstrap → ``%setup`` → ``%files`` → ``%post`` → environment, scripts
+and labels → ``%test`` → SquashFS.  Everything it mounts lives in this private
+mount namespace and disappears with it.  A problem the user can fix is written
+as one line to the plan's error file and ends the process with status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from hpcstack.build import layout
+from hpcstack.build.plan import Plan, Source
+from hpcstack.deffile import Definition, Script, Stage, parse
+from hpcstack.errors import UserError
+
+BUILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+ENV_FILE = "/.singularity.d/env/91-environment.sh"
+LABELS_FILE = "/.build.labels"
+
+
+def log(message: str) -> None:
+    print(f"INFO:    {message}", file=sys.stderr, flush=True)
+
+
+def sh(argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), check=True, stdin=subprocess.DEVNULL, **kw)
+
+
+def mount(*args: str) -> None:
+    sh(["mount", *args])
+
+
+def in_root(rootfs: str, path: str) -> str:
+    """``path`` inside ``rootfs``, resolving symlinks as if ``rootfs`` were ``/``."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(rootfs, *resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise UserError(f"{path}: too many levels of symbolic links")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(rootfs, *resolved)
+
+
+# --- confinement and mounts ------------------------------------------------------------
+
+
+def confine_host(workdir: str) -> bool:
+    """Make the host filesystem read-only except the build's own directory.
+
+    ``%setup`` runs outside the image (as in Apptainer) but here as fake root in
+    this namespace: it can write only under the work directory, never to the
+    user's files.  Returns whether the read-only remount worked.
+    """
+    mount("--bind", workdir, workdir)
+    done = subprocess.run(["mount", "-o", "remount,bind,ro", "/"],
+                          capture_output=True, check=False).returncode == 0
+    os.chdir(workdir)  # the old cwd belongs to the now read-only mount
+    return done
+
+
+@contextlib.contextmanager
+def build_mounts(rootfs: str) -> Iterator[None]:
+    """``/proc``, a private ``/dev/pts``, host device nodes, ``/sys``, resolver and hosts.
+
+    No ``mknod`` in a user namespace, so device nodes are the host's, bound in.
+    """
+    mounted: list[str] = []
+
+    def bind(src: str, dst: str, how: str = "--bind") -> None:
+        if not os.path.lexists(dst):
+            if os.path.isdir(src):
+                os.makedirs(dst, exist_ok=True)
+            else:
+                Path(dst).touch()
+        mount(how, src, dst)
+        mounted.append(dst)
+
+    try:
+        dev = f"{rootfs}/dev"
+        os.makedirs(dev, exist_ok=True)
+        for name in HOST_DEVICES:
+            if os.path.exists(f"/dev/{name}"):
+                target = f"{dev}/{name}"
+                if os.path.islink(target) or os.path.isdir(target):
+                    continue
+                bind(f"/dev/{name}", target)
+        for sub in ("pts", "shm"):
+            os.makedirs(f"{dev}/{sub}", exist_ok=True)
+        mount("-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620", "devpts",
+              f"{dev}/pts")
+        mounted.append(f"{dev}/pts")
+        if not os.path.lexists(f"{dev}/ptmx"):
+            os.symlink("pts/ptmx", f"{dev}/ptmx")
+        mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", f"{dev}/shm")
+        mounted.append(f"{dev}/shm")
+        os.makedirs(f"{rootfs}/proc", exist_ok=True)
+        mount("-t", "proc", "proc", f"{rootfs}/proc")
+        mounted.append(f"{rootfs}/proc")
+        os.makedirs(f"{rootfs}/sys", exist_ok=True)
+        bind("/sys", f"{rootfs}/sys", how="--rbind")
+        os.makedirs(f"{rootfs}/etc", exist_ok=True)
+        for name in ("resolv.conf", "hosts"):
+            target = in_root(rootfs, f"/etc/{name}")
+            if os.path.exists(f"/etc/{name}") and not os.path.isdir(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                bind(f"/etc/{name}", target)
+        yield
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "--lazy", target],
+                           capture_output=True, check=False)
+
+
+# --- stage steps -----------------------------------------------------------------------
+
+
+def populate(source: Source, rootfs: str) -> None:
+    """Fill an empty root filesystem from the stage's bootstrap source."""
+    os.makedirs(rootfs, exist_ok=True)
+    match source.kind:
+        case "tar":
+            sh(["tar", "-xf", source.path, "-C", rootfs, "--exclude=./dev/*",
+                "--numeric-owner"])
+        case "oci":
+            sh(["umoci", "--log", "error", "raw", "unpack",
+                "--image", f"{source.path}:{source.ref}", rootfs],
+               stdout=subprocess.DEVNULL)
+        case "sif":
+            os.rmdir(rootfs)
+            sh(["unsquashfs", "-quiet", "-no-progress", "-o", str(source.offset),
+                "-d", rootfs, source.path], stdout=subprocess.DEVNULL)
+        case "dir":
+            sh(["cp", "-a", "--", f"{source.path}/.", rootfs])
+        case "empty":
+            pass
+
+
+def write_files(rootfs: str, items: Sequence[layout.File | layout.Link]) -> None:
+    for item in items:
+        path = os.path.join(rootfs, item.path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            os.unlink(path)
+        if isinstance(item, layout.Link):
+            os.symlink(item.target, path)
+        else:
+            with open(path, "w") as fh:
+                fh.write(item.content)
+            os.chmod(path, item.mode)
+
+
+def make_mount_points(rootfs: str) -> None:
+    for d in layout.MOUNT_DIRS:
+        path = in_root(rootfs, "/" + d)
+        if not os.path.lexists(path):
+            os.makedirs(path, exist_ok=True)
+    for f in layout.MOUNT_FILES:
+        path = in_root(rootfs, "/" + f)
+        if not os.path.lexists(path):
+            Path(path).touch()
+
+
+def section_failed(plan: Plan, name: str, script: Script, status: int) -> UserError:
+    return UserError(f"{plan.deffile}:{script.line}: %{name} failed with exit status {status}")
+
+
+def run_setup(plan: Plan, stage: Stage, rootfs: str, confined: bool) -> None:
+    """``%setup``: on the host side of the image, as fake root, host read-only."""
+    script = stage.setup
+    if script is None:
+        return
+    if not confined:
+        raise UserError(f"{plan.deffile}:{script.line}: %setup refused: the host "
+                        "filesystem could not be made read-only for it")
+    log("Running setup scriptlet")
+    path = os.path.join(plan.workdir, "setup.script")
+    Path(path).write_text(script.body)
+    env = {"PATH": BUILD_PATH, "HOME": "/root", "LANG": "C",
+           "APPTAINER_ROOTFS": rootfs, "SINGULARITY_ROOTFS": rootfs,
+           "APPTAINER_ENVIRONMENT": rootfs + ENV_FILE,
+           "SINGULARITY_ENVIRONMENT": rootfs + ENV_FILE}
+    status = subprocess.run(list(script.argv(path)), env=env, cwd=plan.workdir,
+                            stdin=subprocess.DEVNULL, check=False).returncode
+    if status:
+        raise section_failed(plan, "setup", script, status)
+
+
+def copy_into(srcs: Sequence[str], rootfs: str, dst: str, *, follow: bool) -> None:
+    """``cp`` sources to ``dst`` inside the image, creating its parent like Apptainer."""
+    target = in_root(rootfs, dst)
+    parent = target if dst.endswith("/") else os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    flags = ["-fLr"] if follow else ["-fa"]
+    sh(["cp", *flags, "--", *srcs, target])
+
+
+def copy_host_files(plan: Plan, index: int, rootfs: str) -> None:
+    for copy in plan.host_files[index]:
+        log(f"Copying {' '.join(copy.sources)} to {copy.dst}")
+        copy_into(copy.sources, rootfs, copy.dst, follow=True)
+
+
+def copy_stage_files(plan: Plan, defn: Definition, stage: Stage, rootfs: str) -> None:
+    """``%files from STAGE``: paths resolved inside that stage's root, symlinks kept."""
+    names = [s.name for s in defn.stages]
+    for section in stage.files:
+        if section.stage is None:
+            continue
+        src_root = plan.rootfs(names.index(section.stage))
+        for transfer in section.transfers:
+            matches = sorted(glob.glob(in_root(src_root, transfer.src)))
+            if not matches:
+                raise UserError(f"{plan.deffile}:{transfer.line}: %files from "
+                                f"{section.stage}: {transfer.src}: no such file in that stage")
+            log(f"Copying {transfer.src} from stage {section.stage} to {transfer.dst}")
+            copy_into(matches, rootfs, transfer.dst, follow=False)
+
+
+def chroot_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {"PATH": BUILD_PATH, "HOME": "/root", "LANG": "C", "TERM": "dumb",
+           "DEBIAN_FRONTEND": "noninteractive"}
+    env.update(extra or {})
+    return env
+
+
+def run_post(plan: Plan, stage: Stage, rootfs: str) -> dict[str, str]:
+    """``%post`` inside the image; returns labels it appended to ``$APPTAINER_LABELS``."""
+    script = stage.post
+    if script is None:
+        return {}
+    log("Running post scriptlet")
+    path = "/.post.script"
+    Path(rootfs + path).write_text(script.body)
+    labels_path = rootfs + LABELS_FILE
+    env = chroot_env({"APPTAINER_ENVIRONMENT": ENV_FILE, "SINGULARITY_ENVIRONMENT": ENV_FILE,
+                      "APPTAINER_LABELS": LABELS_FILE, "SINGULARITY_LABELS": LABELS_FILE})
+    try:
+        status = subprocess.run(["chroot", rootfs, *list(script.argv(path))], env=env,
+                                cwd="/", stdin=subprocess.DEVNULL, check=False).returncode
+    finally:
+        os.unlink(rootfs + path)
+    if status:
+        raise section_failed(plan, "post", script, status)
+    if not os.path.exists(labels_path):
+        return {}
+    labels = layout.parse_label_lines(Path(labels_path).read_text())
+    os.unlink(labels_path)
+    return labels
+
+
+def run_test(plan: Plan, stage: Stage, rootfs: str) -> None:
+    if stage.test is None or not plan.run_test:
+        return
+    log("Running testscript")
+    status = subprocess.run(["chroot", rootfs, "/.singularity.d/actions/test"],
+                            env=chroot_env(), cwd="/", stdin=subprocess.DEVNULL,
+                            check=False).returncode
+    if status:
+        raise section_failed(plan, "test", stage.test, status)
+
+
+def build_stage(plan: Plan, defn: Definition, index: int, confined: bool) -> None:
+    stage, source = defn.stages[index], plan.sources[index]
+    rootfs = plan.rootfs(index)
+    label = f" {stage.name}" if stage.name else ""
+    log(f"Stage {index + 1}/{len(defn.stages)}{label}: bootstrap {stage.bootstrap}")
+    populate(source, rootfs)
+    make_mount_points(rootfs)
+    write_files(rootfs, layout.base_environment(source.env or None))
+    run_setup(plan, stage, rootfs, confined)
+    copy_host_files(plan, index, rootfs)
+    copy_stage_files(plan, defn, stage, rootfs)
+    with build_mounts(rootfs):
+        post_labels = run_post(plan, stage, rootfs)
+        label_map = layout.labels(stage, arch=plan.arch, build_date=plan.build_date,
+                                  extra=post_labels)
+        files = layout.final_files(stage, deffile_text=plan.text, label_map=label_map)
+        if stage.runscript is None and source.runscript:
+            files.append(layout.File(f"{layout.SD}/runscript", source.runscript, 0o755))
+        write_files(rootfs, files)
+        if index == len(defn.stages) - 1:
+            run_test(plan, stage, rootfs)
+    log(f"stage {stage.name or index + 1}: {tree_size(rootfs) / 2**20:.1f} MiB")
+
+
+def tree_size(root: str) -> int:
+    """Bytes in a root filesystem (what the stage would weigh unpacked)."""
+    total = 0
+    for path, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(path, name)).st_size
+    return total
+
+
+def pack(plan: Plan, rootfs: str) -> None:
+    """SquashFS made here, as fake root, so files owned by root stay uid 0."""
+    log(f"Creating SquashFS ({plan.compression})")
+    sh(["mksquashfs", rootfs, plan.squashfs, "-noappend", "-comp", plan.compression,
+        "-no-progress", "-quiet"], stdout=subprocess.DEVNULL)
+
+
+def execute(plan: Plan) -> None:
+    defn = parse(plan.text, plan.deffile)
+    confined = confine_host(plan.workdir)
+    for index in range(len(defn.stages)):
+        build_stage(plan, defn, index, confined)
+    if not plan.sandbox:
+        pack(plan, plan.rootfs(len(defn.stages) - 1))
+
+
+def main(argv: list[str]) -> int:
+    plan = Plan.model_validate_json(Path(argv[0]).read_text())
+    try:
+        execute(plan)
+    except UserError as err:
+        Path(plan.error_file).write_text(str(err) + "\n")
+        return 1
+    except subprocess.CalledProcessError as err:
+        cmd = " ".join(str(a) for a in err.cmd[:3])
+        Path(plan.error_file).write_text(f"{plan.deffile}: {cmd} failed with exit status "
+                                         f"{err.returncode}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

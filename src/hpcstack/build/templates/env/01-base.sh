@@ -1,0 +1,2 @@
+#!/bin/sh
+# Base environment: applied first, before the image's own.
