@@ -1,0 +1,5 @@
+"""``python -m hpcstack`` is the ``hpcstack`` command."""
+
+from hpcstack.cli.main import main
+
+main()

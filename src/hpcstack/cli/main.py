@@ -1,0 +1,222 @@
+"""The ``hpcstack`` admin and user command.
+
+One small function per verb; the work is done by the parts (``deffile``,
+``build``, ``runtime``).  Errors a user can cause print as one line and exit
+non-zero; Ctrl-C exits 130 and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hpcstack import __version__
+from hpcstack.errors import UserError
+
+app = typer.Typer(help="Run an HPC center's software stack in containers.",
+                  no_args_is_help=True, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+def_app = typer.Typer(help="Definition files: check and show.", no_args_is_help=True)
+cache_app = typer.Typer(help="The build cache.", no_args_is_help=True)
+app.add_typer(def_app, name="def")
+app.add_typer(cache_app, name="cache")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+@app.command()
+def version() -> None:
+    """Print hpcstack's version."""
+    print(f"hpcstack {__version__}")
+
+
+# --- definition files -------------------------------------------------------------------
+
+
+@def_app.command("check")
+def def_check(files: Annotated[list[Path], typer.Argument(help="Definition files.")]) -> None:
+    """Print every problem as FILE:LINE: message; exit 1 if there is any."""
+    from hpcstack.deffile import check
+
+    bad = False
+    for path in files:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{path}:0: cannot read: {exc}")
+            bad = True
+            continue
+        for problem in check(text, str(path)):
+            print(problem)
+            bad = True
+    raise typer.Exit(1 if bad else 0)
+
+
+@def_app.command("show")
+def def_show(file: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print the parsed definition (canonical text, or the model as JSON)."""
+    from hpcstack.deffile import parse, render
+
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: cannot read: {exc}") from None
+    defn = parse(text, str(file))
+    if as_json:
+        print(json.dumps(asdict(defn), indent=2))
+    else:
+        sys.stdout.write(render(defn))
+
+
+# --- build ------------------------------------------------------------------------------
+
+
+@app.command()
+def build(
+    output: Annotated[Path, typer.Argument(help="The SIF file (or directory with --sandbox).")],
+    spec: Annotated[str, typer.Argument(help="A definition file, docker://REF, or a SIF.")],
+    sandbox: Annotated[bool, typer.Option("--sandbox", "-s", help="Write a writable "
+                                          "directory instead of a SIF.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-F", help="Overwrite the output.")] = False,
+    notest: Annotated[bool, typer.Option("--notest", "-T", help="Skip %test.")] = False,
+    engine: Annotated[str, typer.Option(help="auto | builtin | apptainer")] = "auto",
+    compression: Annotated[str, typer.Option(help="SquashFS compression: zstd | gzip | "
+                                             "xz | lz4 | lzo")] = "zstd",
+    docker_cert_dir: Annotated[str | None, typer.Option(
+        help="Directory with the registry's CA certificate (ca.crt).")] = None,
+    docker_insecure: Annotated[bool, typer.Option(
+        "--docker-insecure", help="Do not verify the registry's TLS certificate.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Build an image as an ordinary user (fakeroot in a user namespace)."""
+    from hpcstack.build.builder import BuildOptions
+    from hpcstack.build.builder import build as run_build
+
+    if compression not in ("zstd", "gzip", "xz", "lz4", "lzo"):
+        raise UserError(f"--compression {compression}: unknown (zstd, gzip, xz, lz4, lzo)")
+    options = BuildOptions(sandbox=sandbox, force=force, run_test=not notest,
+                           compression=compression, engine=engine,
+                           docker_cert_dir=docker_cert_dir, docker_insecure=docker_insecure,
+                           quiet=quiet)
+    result = run_build(spec, output, options)
+    err.print(f"[green]Built[/] {result.output} ({_human(result.size)}) "
+              f"in {result.seconds:.1f} s")
+
+
+# --- running ----------------------------------------------------------------------------
+
+RuntimeOpt = Annotated[str | None, typer.Option(
+    "--runtime", help="charliecloud | apptainer | singularity (default: config)")]
+BindOpt = Annotated[list[str] | None, typer.Option("--bind", "-B", help="SRC[:DST[:ro]]")]
+GpuOpt = Annotated[bool, typer.Option("--nv", help="NVIDIA GPUs")]
+RocmOpt = Annotated[bool, typer.Option("--rocm", help="AMD GPUs")]
+
+
+def _launch(action: str, image: Path, args: list[str], runtime: str | None,
+            bind: list[str] | None, nv: bool, rocm: bool) -> None:
+    from hpcstack.runtime import Launch, execute
+
+    if not image.exists():
+        raise UserError(f"{image}: no such image")
+    gpu = "nvidia" if nv else "amd" if rocm else None
+    execute(Launch(action, image, args, binds=bind or [], gpu=gpu), runtime)
+
+
+CTX = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command("exec", context_settings=CTX)
+def exec_(ctx: typer.Context, image: Path, runtime: RuntimeOpt = None, bind: BindOpt = None,
+          nv: GpuOpt = False, rocm: RocmOpt = False) -> None:
+    """Run a command inside an image: hpcstack exec IMAGE CMD [ARGS...]."""
+    if not ctx.args:
+        raise UserError("exec: no command given (hpcstack exec IMAGE CMD [ARGS...])")
+    _launch("exec", image, ctx.args, runtime, bind, nv, rocm)
+
+
+@app.command(context_settings=CTX)
+def run(ctx: typer.Context, image: Path, runtime: RuntimeOpt = None, bind: BindOpt = None,
+        nv: GpuOpt = False, rocm: RocmOpt = False) -> None:
+    """Run an image's runscript with ARGS."""
+    _launch("run", image, ctx.args, runtime, bind, nv, rocm)
+
+
+@app.command(context_settings=CTX)
+def shell(ctx: typer.Context, image: Path, runtime: RuntimeOpt = None, bind: BindOpt = None,
+          nv: GpuOpt = False, rocm: RocmOpt = False) -> None:
+    """An interactive shell inside an image."""
+    _launch("shell", image, ctx.args, runtime, bind, nv, rocm)
+
+
+# --- cache ------------------------------------------------------------------------------
+
+
+@cache_app.command("list")
+def cache_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Bootstrap results kept for reuse."""
+    from datetime import datetime
+
+    from hpcstack.build.cache import BuildCache
+
+    entries = list(BuildCache().entries())
+    if as_json:
+        print(json.dumps([{"kind": e.kind, "key": e.key, "source": e.source, "size": e.size,
+                           "created": e.created, "last_used": e.last_used} for e in entries],
+                         indent=2))
+        return
+    table = Table("kind", "key", "source", "size", "last used")
+    for e in entries:
+        used = datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
+        table.add_row(e.kind, e.key[:12], e.source, _human(e.size), used)
+    out.print(table)
+
+
+@cache_app.command("prune")
+def cache_prune(
+    older_than: Annotated[float | None, typer.Option(
+        "--older-than", help="Only entries unused for this many days.")] = None,
+) -> None:
+    """Remove cached bootstrap results."""
+    from hpcstack.build.cache import BuildCache
+
+    removed = BuildCache().prune(older_than)
+    freed = sum(e.size for e in removed)
+    err.print(f"Removed {len(removed)} entries ({_human(freed)})")
+
+
+def main() -> None:
+    """Entry point: user errors as one line, Ctrl-C as status 130, never a traceback."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        status = app(standalone_mode=False)
+    except UserError as exc:
+        for line in str(exc).splitlines() or ["error"]:
+            print(f"hpcstack: error: {line}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        print("hpcstack: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(0)
+    except ClickException as exc:  # usage errors: click's own message and status 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(status if isinstance(status, int) else 0)
