@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Install hpcstack for every user of this Debian 12 machine, as a site would:
+# the system packages it drives, and a virtual environment in /opt/hpcstack
+# made from Debian's /usr/bin/python3 (readable by everyone), with `hpcstack`
+# linked into /usr/local/bin. Idempotent: run it again after an update.
+#
+#   sudo ./scripts/install.sh           install
+#   sudo ./scripts/install.sh --demo    install, then build and run the example image
+#                                       as an ordinary user
+set -euo pipefail
+
+PREFIX=${HPCSTACK_PREFIX:-/opt/hpcstack}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEMO=0
+for arg in "$@"; do
+  case "$arg" in
+    --demo) DEMO=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (sudo), it installs system packages" >&2
+  exit 1
+fi
+
+PACKAGES=(
+  python3 python3-venv                    # the site's Python for hpcstack
+  util-linux uidmap                       # unshare --map-auto, newuidmap: fakeroot
+  mmdebstrap debian-archive-keyring       # Bootstrap: debootstrap
+  skopeo umoci                            # Bootstrap: docker / oci
+  squashfs-tools squashfuse fuse3 siftool # packing and reading images
+  charliecloud bubblewrap                 # the runtime that runs here
+  docker-registry openssl                 # a local registry for tests and sites
+  procps ca-certificates tar
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian docker-registry package starts a registry on :5000; hpcstack's tests
+# start their own, and a site configures its own.
+systemctl disable --now docker-registry >/dev/null 2>&1 || true
+
+echo "==> $PREFIX (Python $(/usr/bin/python3 -V | cut -d' ' -f2))"
+if [ ! -x "$PREFIX/bin/python" ]; then
+  /usr/bin/python3 -m venv "$PREFIX"
+fi
+"$PREFIX/bin/pip" install -q --upgrade pip
+"$PREFIX/bin/pip" install -q "$HERE[test]"
+chmod -R a+rX "$PREFIX"
+ln -sf "$PREFIX/bin/hpcstack" /usr/local/bin/hpcstack
+echo "==> $("$PREFIX/bin/hpcstack" version) installed; try: hpcstack --help"
+
+if [ "$DEMO" = 1 ]; then
+  exec "$HERE/scripts/demo.sh"
+fi
