@@ -12,5 +12,5 @@ fi
 "$PREFIX/bin/pip" install -q --no-deps --force-reinstall "$HERE" 2>&1 | grep -v '^WARNING' || true
 chmod -R a+rX "$PREFIX"
 cd "$HERE"
-"$PREFIX/bin/ruff" check src tests benchmarks
+"$PREFIX/bin/ruff" check .
 exec "$PREFIX/bin/pytest" -ra "$@"

@@ -541,5 +541,5 @@ def test_user_without_subordinate_ids_is_told_why(user: User) -> None:
     (other.home / "s.def").write_text("Bootstrap: scratch\n")
     proc = other.hpcstack("build", "s.sif", "s.def")
     assert proc.returncode == 1
-    assert proc.stderr.startswith(f"hpcstack: error: /etc/subuid: no subordinate ID range")
+    assert proc.stderr.startswith("hpcstack: error: /etc/subuid: no subordinate ID range")
     assert "usermod --add-subuids" in proc.stderr
