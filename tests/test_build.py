@@ -42,8 +42,8 @@ def squashfs_listing(sif: Path, *paths: str) -> str:
     return proc.stdout
 
 
-def no_build_leftovers(user: User) -> None:
-    tmp = user.home / "tmp"
+def no_build_leftovers(tmp: Path) -> None:
+    """Nothing of a failed build remains: no work directory in its TMPDIR, no mount."""
     assert not list(tmp.glob("hpcstack-build-*")), "work directory left behind"
     mounts = Path("/proc/self/mountinfo").read_text()
     assert "hpcstack-build" not in mounts
@@ -364,15 +364,17 @@ def test_docker_untrusted_certificate_is_refused(user: User, registry) -> None:
 def build_fails(user: User, name: str, text: str, *extra: str) -> str:
     """Build ``text`` as ``NAME.def``; assert a clean one-line failure; return the line."""
     work = user.workdir(f"bad-{name}")
+    tmp = user.workdir(f"bad-{name}-tmp")
     put(user, work / f"{name}.def", text)
-    proc = user.hpcstack("build", *extra, f"{name}.sif", f"{name}.def", cwd=work)
+    proc = user.hpcstack("build", *extra, f"{name}.sif", f"{name}.def", cwd=work,
+                         env={"TMPDIR": str(tmp)})
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("hpcstack: error:")]
     assert len(errors) == 1, proc.stderr
     assert not (work / f"{name}.sif").exists()
     assert not list(work.glob(".*hpcstack*"))
-    no_build_leftovers(user)
+    no_build_leftovers(tmp)
     return errors[0].removeprefix("hpcstack: error: ")
 
 
@@ -440,12 +442,13 @@ def test_unsupported_agents(user: User, agent: str) -> None:
 
 def test_sigint_during_post_leaves_nothing(user: User, hello: Path) -> None:
     work = user.workdir("sigint")
+    tmp = user.workdir("sigint-tmp")
     put(
         user,
         work / "slow.def",
         "Bootstrap: debootstrap\nOSVersion: bookworm\n\n%post\n    touch /started\n    sleep 600\n",
     )
-    env = user.env()
+    env = user.env(TMPDIR=str(tmp))
     proc = subprocess.Popen(
         user.argv(
             [str(HPCSTACK_PREFIX / "bin" / "hpcstack"), "build", "slow.sif", "slow.def"], env
@@ -488,7 +491,7 @@ def test_sigint_during_post_leaves_nothing(user: User, hello: Path) -> None:
         left = subprocess.run(["pgrep", "-u", user.name, "-af", pattern], capture_output=True,
                               text=True)
         assert left.stdout == "", f"processes left: {left.stdout}"
-    no_build_leftovers(user)
+    no_build_leftovers(tmp)
 
 
 # --- %setup, %test ---------------------------------------------------------------------
