@@ -34,6 +34,7 @@ PACKAGES=(
   charliecloud bubblewrap                 # the runtime that runs here
   docker-registry openssl                 # a local registry for tests and sites
   procps ca-certificates tar
+  lmod tcl slurm-wlm munge openmpi-bin     # container modules: Lmod (+ tclsh for modulecmd.tcl), Slurm + MUNGE, host MPI
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,211 @@
+"""The site modules file: one YAML document, validated, errors naming the field.
+
+Example (``examples/modules/site.yaml``)::
+
+    root: /opt/hpcstack/modules          # modulefiles, wrappers, images, state
+    module_system: both                  # lmod | tcl | both
+    runtime: charliecloud                # charliecloud | apptainer | singularity
+    binds: [/lustre]                     # bound into every container
+    apps:
+      - name: gromacs
+        version: 2022-cpu
+        image: gromacs.sif               # relative to this file
+        commands: [gmx, gmx_mpi]         # or "discover" (the default)
+        mpi: openmpi
+        state: default                   # enabled | disabled | default
+
+Pure: :func:`parse_site` takes text and gives a :class:`Site` or raises
+:class:`~hpcstack.errors.UserError` ``FILE: apps[0].gpu: message``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hpcstack.errors import UserError
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
+COMMAND = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*\Z")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+#: Where commands are looked for when an app says ``commands: discover`` and the image
+#: has no ``hpcstack.commands`` label (globs over the image's paths).
+DEFAULT_DISCOVER = ["/usr/local/bin/*", "/opt/*/bin/*"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_binds(binds: list[str]) -> list[str]:
+    for spec in binds:
+        parts = spec.split(":")
+        if not spec or len(parts) > 3 or not all(p.startswith("/") for p in parts[:2]):
+            raise ValueError(f"{spec!r}: expected /SRC[:/DST[:ro|rw]] with absolute paths")
+        if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+            raise ValueError(f"{spec!r}: option must be 'ro' or 'rw'")
+    return binds
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for key in env:
+        if not ENV_NAME.match(key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+    return env
+
+
+class App(_Strict):
+    """One deployed application: a module ``name/version`` backed by an image."""
+
+    name: str = Field(description="module name, e.g. gromacs")
+    version: str = Field(description="module version, e.g. 2022-cpu")
+    image: str = Field(description="a SIF file (relative to the site file)")
+    commands: list[str] | Literal["discover"] = "discover"
+    discover: list[str] | None = Field(None, description="globs in the image for discovery")
+    gpu: Literal["nvidia", "amd"] | None = None
+    binds: list[str] = []
+    env: dict[str, str] = {}
+    mpi: Literal["none", "openmpi", "mpich"] = "none"
+    description: str | None = None
+    help: str | None = None
+    state: Literal["enabled", "disabled", "default"] = "enabled"
+    shell_functions: bool | None = None
+
+    @field_validator("name", "version")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"{value!r}: letters, digits and . _ + - only")
+        return value
+
+    @field_validator("commands")
+    @classmethod
+    def _commands(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("empty: list commands or say 'discover'")
+            for cmd in value:
+                if not COMMAND.match(cmd):
+                    raise ValueError(f"{cmd!r} is not a command name")
+            if len(set(value)) != len(value):
+                raise ValueError("a command is listed twice")
+        return value
+
+    @field_validator("discover")
+    @classmethod
+    def _globs(cls, value: list[str] | None) -> list[str] | None:
+        for glob in value or []:
+            if not glob.startswith("/"):
+                raise ValueError(f"{glob!r}: a glob over absolute paths in the image")
+        return value
+
+    _binds = field_validator("binds")(classmethod(lambda cls, v: _check_binds(v)))
+    _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
+
+    @property
+    def module(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+class Site(_Strict):
+    """The whole site file."""
+
+    root: str = Field("/opt/hpcstack/modules", description="where everything is written")
+    module_system: Literal["lmod", "tcl", "both"] = "both"
+    runtime: Literal["charliecloud", "apptainer", "singularity"] = "charliecloud"
+    runtime_path: str | None = Field(None, description="the runtime's binary (default: PATH)")
+    home_root: str = Field("/home", description="parent of home directories (charliecloud)")
+    binds: list[str] = []
+    env: dict[str, str] = {}
+    shell_functions: bool = False
+    spider_cache: bool = False
+    discover: list[str] = Field(default_factory=lambda: list(DEFAULT_DISCOVER))
+    shadow_commands: list[str] = Field(default_factory=list, description="extra names to warn on")
+    apps: list[App] = []
+
+    _binds = field_validator("binds")(classmethod(lambda cls, v: _check_binds(v)))
+    _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
+
+    @field_validator("root", "home_root")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return value  # made absolute against the site file by load_site
+
+    def enabled(self) -> list[App]:
+        return [a for a in self.apps if a.state != "disabled"]
+
+    def check_names(self, where: str) -> None:
+        """Two apps may not claim one module, and one name has at most one default."""
+        seen: dict[str, int] = {}
+        defaults: dict[str, str] = {}
+        for i, app in enumerate(self.apps):
+            if app.module in seen:
+                raise UserError(
+                    f"{where}: apps[{i}]: module {app.module} is already claimed by "
+                    f"apps[{seen[app.module]}]"
+                )
+            seen[app.module] = i
+            if app.state == "default":
+                if app.name in defaults:
+                    raise UserError(
+                        f"{where}: apps[{i}].state: {app.name} already has a default "
+                        f"({defaults[app.name]})"
+                    )
+                defaults[app.name] = app.module
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or "(" in part):
+            continue  # pydantic's union member tags, e.g. "list[str]"
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_site(text: str, where: str = "site file", base: Path | None = None) -> Site:
+    """Parse and validate a site file; relative paths are taken from ``base``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{where}{line}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        site = Site.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        msg = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"{where}: {_loc(first['loc'])}: {msg}") from None
+    site.check_names(where)
+    if base is not None:
+        site = resolve_paths(site, base)
+    return site
+
+
+def resolve_paths(site: Site, base: Path) -> Site:
+    """``root`` and images made absolute against ``base`` (the site file's directory)."""
+
+    def absolute(path: str) -> str:
+        return str((base / path).resolve()) if not path.startswith("/") else path
+
+    apps = [a.model_copy(update={"image": absolute(a.image)}) for a in site.apps]
+    return site.model_copy(update={"root": absolute(site.root), "apps": apps})
+
+
+def load_site(path: Path) -> Site:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    return parse_site(text, str(path), path.resolve().parent)

@@ -1,0 +1,190 @@
+"""The pure core of container modules: site model, discovery, rendering, quoting.
+
+Rendered Lua and Tcl are also read back by the real interpreters (``lua``/
+``texlua`` from Lmod's dependencies, ``tclsh``) when they are installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hpcstack.errors import UserError
+from hpcstack.modules import parse_site
+from hpcstack.modules.config import App, Site
+from hpcstack.modules.render import (
+    ImageFacts,
+    discover,
+    lua_default,
+    lua_modulefile,
+    lua_quote,
+    module_for,
+    shadowed,
+    tcl_default,
+    tcl_modulefile,
+    tcl_quote,
+    wrapper,
+)
+
+SITE = """\
+root: /srv/modules
+binds: [/lustre]
+apps:
+  - name: gromacs
+    version: 2022-cpu
+    image: /images/gromacs.sif
+    mpi: openmpi
+    state: default
+"""
+FACTS = ImageFacts(
+    source="/images/gromacs.sif",
+    sha256="ab" * 32,
+    labels={"hpcstack.commands": "gmx gmx_mpi", "Description": "GROMACS {2022} $x [y]"},
+    help='Run "gmx_mpi".\nBraces { and } and $HOME stay literal.',
+    executables=("/usr/bin/gmx", "/usr/bin/gmx_mpi", "/usr/bin/ls", "/opt/a/bin/tool",
+                 "/opt/a/bin/sub/deeper", "/usr/local/bin/helper"),
+)
+
+
+def site(text: str = SITE) -> Site:
+    return parse_site(text, "site.yaml")
+
+
+# --- the site file ----------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    s = site()
+    app = s.apps[0]
+    assert (s.runtime, s.module_system, app.commands, app.gpu) == (
+        "charliecloud", "both", "discover", None)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ("apps:\n  - {name: a, version: '1', image: x, gpu: cuda}", "apps[0].gpu"),
+    ("apps:\n  - {name: a, version: '1'}", "apps[0].image"),
+    ("apps:\n  - {name: a, version: '1', image: x, colour: red}", "apps[0].colour"),
+    ("apps:\n  - {name: a, version: '1', image: x, state: on}", "apps[0].state"),
+    ("apps:\n  - {name: 'a b', version: '1', image: x}", "apps[0].name"),
+    ("apps:\n  - {name: a, version: '1', image: x, commands: []}", "apps[0].commands"),
+    ("apps:\n  - {name: a, version: '1', image: x, binds: [lustre]}", "apps[0].binds"),
+    ("apps:\n  - {name: a, version: '1', image: x, env: {1X: y}}", "apps[0].env"),
+    ("runtime: docker", "runtime"),
+    ("module_system: spack", "module_system"),
+])
+def test_schema_errors_name_the_field(body: str, field: str) -> None:
+    with pytest.raises(UserError) as err:
+        site(body)
+    assert str(err.value).startswith(f"site.yaml: {field}: ")
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_syntax_error_has_line() -> None:
+    with pytest.raises(UserError, match=r"^site.yaml:\d+: expected"):
+        site("apps:\n  - [unclosed\n")
+
+
+def test_two_apps_one_module() -> None:
+    body = "apps:\n  - {name: a, version: '1', image: x}\n  - {name: a, version: '1', image: y}"
+    with pytest.raises(UserError, match=r"apps\[1\]: module a/1 is already claimed by apps\[0\]"):
+        site(body)
+
+
+def test_two_defaults_for_one_name() -> None:
+    body = ("apps:\n  - {name: a, version: '1', image: x, state: default}\n"
+            "  - {name: a, version: '2', image: y, state: default}")
+    with pytest.raises(UserError, match=r"apps\[1\].state: a already has a default"):
+        site(body)
+
+
+# --- discovery and shadowing ------------------------------------------------------------
+
+
+def _app(**kw: object) -> App:
+    return App(name="x", version="1", image="/i.sif", **kw)  # type: ignore[arg-type]
+
+
+def test_discover_listed_label_and_globs() -> None:
+    s = site()
+    assert discover(_app(commands=["a"]), s, FACTS) == ["a"]
+    assert discover(_app(), s, FACTS) == ["gmx", "gmx_mpi"]  # the label wins
+    unlabelled = ImageFacts(**{**FACTS.__dict__, "labels": {}})
+    assert discover(_app(), s, unlabelled) == ["helper", "tool"]  # one level deep only
+    assert discover(_app(discover=["/usr/bin/gmx*"]), s, FACTS) == ["gmx", "gmx_mpi"]
+
+
+def test_shadowing() -> None:
+    assert shadowed(["gmx", "ls", "python3", "mine"], site(), {"mine"}) == ["ls", "python3",
+                                                                           "mine"]
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def _module():  # type: ignore[no-untyped-def]
+    s = site()
+    return s, s.apps[0], module_for(s.apps[0], s, FACTS, ["gmx", "gmx_mpi"])
+
+
+def test_wrapper_execs_the_runtime_with_quoted_args() -> None:
+    s, app, m = _module()
+    text = wrapper(m, app, s, "gmx_mpi", "/usr/bin/ch-run")
+    assert text.startswith("#!/bin/sh\n")
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("exec /usr/bin/ch-run ") and last.endswith(' gmx_mpi "$@"')
+    assert "-b /home -b /lustre" in last
+    assert "OMPI_MCA_btl_vader_single_copy_mechanism=none" in last
+    assert f"{m.image} -- /.singularity.d/actions/exec" in last
+    assert "python" not in text and "hpcstack " not in last
+    assert "'--unset-env=APPTAINER_*'" in last  # globs quoted for the shell
+
+
+def test_wrapper_apptainer_command_line() -> None:
+    s = site(SITE.replace("root:", "runtime: apptainer\nroot:").replace(
+        "mpi: openmpi", "mpi: openmpi\n    gpu: nvidia"))
+    m = module_for(s.apps[0], s, FACTS, ["gmx_mpi"])
+    last = wrapper(m, s.apps[0], s, "gmx_mpi", "/usr/bin/apptainer").strip().splitlines()[-1]
+    assert last == (f"exec /usr/bin/apptainer exec --nv -B /lustre --env "
+                    f"OMPI_MCA_btl_vader_single_copy_mechanism=none {m.image} gmx_mpi \"$@\"")
+    assert m.image.endswith(".sif")
+
+
+def test_modulefiles_contents() -> None:
+    _, _, m = _module()
+    lua = lua_modulefile(m)
+    assert 'prepend_path("PATH", "/srv/modules/bin/gromacs/2022-cpu")' in lua
+    assert "isDir(image)" in lua and "LmodError" in lua
+    assert "capture(" not in lua and "execute" not in lua  # no subprocess at load time
+    tcl = tcl_modulefile(m)
+    assert "prepend-path PATH \"/srv/modules/bin/gromacs/2022-cpu\"" in tcl
+    assert "conflict \"gromacs\"" in tcl
+    assert 'module_version("gromacs/2022-cpu", "default")' in lua_default("gromacs", "2022-cpu")
+    assert 'set ModulesVersion "2022-cpu"' in tcl_default("gromacs", "2022-cpu")
+
+
+def _interp(*names: str) -> str | None:
+    return next((shutil.which(n) for n in names if shutil.which(n)), None)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), max_codepoint=0x2FF),
+               max_size=40))
+def test_lua_and_tcl_quoting_round_trip(text: str) -> None:
+    lua = _interp("lua5.3", "lua5.4", "lua", "lua5.1")
+    tcl = _interp("tclsh")
+    if lua is None and tcl is None:
+        pytest.skip("needs lua or tclsh")
+    if lua:
+        out = subprocess.run([lua, "-e", f"io.write({lua_quote(text)})"], capture_output=True,
+                             check=True).stdout
+        assert out == text.encode()
+    if tcl:
+        script = f"fconfigure stdout -translation binary -encoding utf-8\n" \
+                 f"puts -nonewline {tcl_quote(text)}\n"
+        out = subprocess.run([tcl], input=script.encode(), capture_output=True,
+                             check=True).stdout
+        assert out == text.encode()
