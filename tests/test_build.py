@@ -208,7 +208,9 @@ def registry(user: User, tmp_path_factory: pytest.TempPathFactory):
     Debian image made from a mmdebstrap root filesystem (standing in for Docker Hub)."""
     need("docker-registry", "openssl", "skopeo", "umoci", "mmdebstrap")
     root = tmp_path_factory.mktemp("registry")
-    certs = user.workdir("registry-certs")  # the user's clients must read the CA
+    # In the user's own tree: its clients must read the CA.  Per process: test runs
+    # in parallel must not regenerate each other's certificate.
+    certs = user.workdir(f"registry-certs-{os.getpid()}")
     subprocess.run(
         [
             "openssl",
@@ -250,7 +252,7 @@ http:
     )
     try:
         # The image: a mmdebstrap root filesystem as the single layer of an OCI image.
-        work = user.workdir("registry-image")
+        work = user.workdir(f"registry-image-{os.getpid()}")
         user.run(
             [
                 "mmdebstrap",

@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ class Context:
     docker_cert_dir: str | None = None
     docker_insecure: bool = False
     quiet: bool = False
-    run: object = field(default=None, repr=False)  # callable(argv) running a child process
+    run: object = field(default=None, repr=False)  # callable(argv, env=None): a child process
 
     def where(self, stage: Stage) -> str:
         return f"{self.deffile}:{stage.line}"
@@ -116,6 +117,21 @@ def read_host_sources(root: Path = Path("/etc/apt")) -> list[tuple[str, str]]:
     return [(f.name, f.read_text()) for f in files if f.is_file()]
 
 
+def world_traversable(path: str) -> bool:
+    """Whether every directory up to ``path`` lets others through (``o+x``)."""
+    p = Path(path).resolve()
+    return all(os.stat(d).st_mode & 0o001 for d in (p, *p.parents))
+
+
+def mmdebstrap_tmpdir() -> str:
+    """A TMPDIR that mmdebstrap's fake root (a subordinate ID) can enter.
+
+    Under a 0700 home it cannot; ``/var/tmp`` then serves, as it does everyone.
+    """
+    tmp = tempfile.gettempdir()
+    return tmp if world_traversable(tmp) else "/var/tmp"
+
+
 def debootstrap(stage: Stage, ctx: Context) -> Source:
     suite = stage.get("OSVersion")
     if not suite:
@@ -136,11 +152,12 @@ def debootstrap(stage: Stage, ctx: Context) -> Source:
                 argv.append("--include=" + ",".join(include))
             if ctx.quiet:
                 argv.append("--quiet")
-            ctx.run([*argv, suite, str(tmp / "rootfs.tar"), *mirrors])
+            ctx.run([*argv, suite, str(tmp / "rootfs.tar"), *mirrors],
+                    env={"TMPDIR": mmdebstrap_tmpdir()})
 
         source = f"debootstrap {suite}" + (f" +{','.join(include)}" if include else "")
         entry = ctx.cache.fill("debootstrap", key, source, produce)
-    return Source(kind="tar", path=str(entry / "rootfs.tar"))
+    return Source(kind="tar", path=str(entry / "rootfs.tar"), tree=str(entry / "rootfs"))
 
 
 # --- OCI images ------------------------------------------------------------------------
@@ -213,6 +230,7 @@ def oci(stage: Stage, ctx: Context) -> Source:
     config = oci_config(entry / "layout", "image")
     env = [tuple(e.split("=", 1)) for e in config.get("Env") or [] if "=" in e]
     return Source(kind="oci", path=str(entry / "layout"), ref="image", env=env,
+                  tree=str(entry / "rootfs"),
                   runscript=layout.docker_runscript(config.get("Entrypoint"),
                                                           config.get("Cmd")))
 

@@ -122,11 +122,19 @@ class Children:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self.current: subprocess.Popen | None = None
+        self.stop_signal = signal.SIGTERM
 
-    def run(self, argv: Sequence[str], *, what: str | None = None) -> None:
+    def run(self, argv: Sequence[str], *, what: str | None = None,
+            env: dict[str, str] | None = None, stop_signal: int = signal.SIGTERM) -> None:
+        """Run ``argv``; if the build ends first, stop it with ``stop_signal``.
+
+        ``unshare`` ignores SIGTERM while it waits: the build namespace is ended
+        with SIGKILL, and ``--kill-child`` takes everything inside with it.
+        """
         out = subprocess.DEVNULL if self.quiet else None
+        self.stop_signal = stop_signal
         self.current = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
-                                        start_new_session=False)
+                                        env={**os.environ, **env} if env else None)
         try:
             status = self.current.wait()
         finally:
@@ -138,7 +146,7 @@ class Children:
         proc, self.current = self.current, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(self.stop_signal)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -162,7 +170,7 @@ def run_inside(plan: Plan, children: Children) -> None:
     argv = fakeroot.namespace_argv([sys.executable, "-m", "hpcstack.build.inside",
                                     str(plan_path)])
     try:
-        children.run(argv, what="build")
+        children.run(argv, what="build", stop_signal=signal.SIGKILL)
     except UserError:
         error = Path(plan.error_file)
         if error.is_file():
@@ -190,12 +198,11 @@ def publish_sif(plan: Plan, defn: Definition, output: Path, children: Children) 
     work = Path(plan.workdir)
     deffile = work / "Singularity"
     deffile.write_text(plan.text)
-    labels = Path(plan.rootfs(len(defn.stages) - 1)) / ".singularity.d" / "labels.json"
     partial = output.parent / f".{output.name}.hpcstack-partial"
     try:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-        pack.assemble(partial, deffile, labels, Path(plan.squashfs), plan.arch,
+        pack.assemble(partial, deffile, Path(plan.labels_file), Path(plan.squashfs), plan.arch,
                       lambda argv: children.run(argv, what="siftool"))
         if output.is_dir() and not output.is_symlink():
             fakeroot.remove_tree(output)
@@ -220,7 +227,8 @@ def build(spec: str, output: Path, options: BuildOptions) -> BuildResult:
     ctx = agents.Context(deffile=name, cache=options.cache,
                          docker_cert_dir=options.docker_cert_dir,
                          docker_insecure=options.docker_insecure, quiet=options.quiet,
-                         run=lambda argv: children.run(argv, what=argv[0]))
+                         run=lambda argv, env=None: children.run(argv, what=argv[0],
+                                                                 env=env))
     try:
         host_files = [host_copies(name, stage) for stage in defn.stages]
         with workdir(options) as work:

@@ -6,6 +6,8 @@ image pulled by digest, is fetched once and reused by every later build::
     ~/.cache/hpcstack/build/<kind>/<sha256 key>/
         meta.json     what it is (kind, source, created, last used)
         ...           the payload (rootfs.tar, an OCI layout, ...)
+        rootfs/       the payload unpacked by a build's fake root (subordinate-ID
+                      owners): later builds overlay it instead of unpacking again
 
 Entries appear atomically (built under a temporary name, then renamed), so an
 interrupted fetch leaves nothing that a later build could mistake for a hit.
@@ -22,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from hpcstack.build.fakeroot import remove_tree
 
 
 def cache_root() -> Path:
@@ -86,9 +90,8 @@ class BuildCache:
             return
         for meta in sorted(self.root.glob("*/*/meta.json")):
             data = json.loads(meta.read_text())
-            size = sum(f.stat().st_size for f in meta.parent.rglob("*") if f.is_file())
             yield Entry(data["kind"], data["key"], meta.parent, data.get("source", ""),
-                        data.get("created", 0.0), meta.stat().st_mtime, size)
+                        data.get("created", 0.0), meta.stat().st_mtime, tree_size(meta.parent))
 
     def prune(self, older_than_days: float | None = None) -> list[Entry]:
         """Remove every entry, or those unused for ``older_than_days``; return them."""
@@ -96,10 +99,23 @@ class BuildCache:
         removed = []
         for entry in list(self.entries()):
             if cutoff is None or entry.last_used < cutoff:
-                shutil.rmtree(entry.path)
+                (entry.path / "meta.json").unlink()  # no longer a hit, even if removal stops
+                remove_tree(entry.path)
                 removed.append(entry)
         # Leftovers of interrupted fills (no meta.json) go too, once surely abandoned.
         for tmp in self.root.glob("*/.*"):
             if tmp.stat().st_mtime < time.time() - 86400:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_tree(tmp)
         return removed
+
+
+def tree_size(root: Path) -> int:
+    """Bytes under ``root``; parts only subordinate IDs can read are skipped."""
+    total = 0
+    for path, _, files in os.walk(root, onerror=lambda _: None):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(path, name)).st_size
+            except OSError:
+                continue
+    return total

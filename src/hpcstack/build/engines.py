@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpcstack.build.pack import mksquashfs_flags
 from hpcstack.errors import UserError
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def apptainer_argv(spec: str, output: Path, options: BuildOptions) -> list[str]:
     if options.docker_insecure:
         argv.append("--nohttps")
     if not options.sandbox:
-        argv += ["--mksquashfs-args", f"-comp {options.compression}"]
+        argv += ["--mksquashfs-args", " ".join(mksquashfs_flags(options.compression))]
     return [*argv, str(output), spec]
 
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hpcstack.build import layout
+from hpcstack.build.cache import tree_size
+from hpcstack.build.pack import mksquashfs_flags
 from hpcstack.build.plan import Plan, Source
 from hpcstack.deffile import Definition, Script, Stage, parse
 from hpcstack.errors import UserError
@@ -139,8 +143,8 @@ def build_mounts(rootfs: str) -> Iterator[None]:
 # --- stage steps -----------------------------------------------------------------------
 
 
-def populate(source: Source, rootfs: str) -> None:
-    """Fill an empty root filesystem from the stage's bootstrap source."""
+def unpack(source: Source, rootfs: str) -> None:
+    """Unpack the stage's bootstrap source into the (empty) directory ``rootfs``."""
     os.makedirs(rootfs, exist_ok=True)
     match source.kind:
         case "tar":
@@ -158,6 +162,42 @@ def populate(source: Source, rootfs: str) -> None:
             sh(["cp", "-a", "--", f"{source.path}/.", rootfs])
         case "empty":
             pass
+
+
+def unpack_tree(source: Source) -> None:
+    """Unpack a cached bootstrap into the cache once, as fake root so its IDs are right.
+
+    Later builds mount it as the read-only lower layer of an overlay instead of
+    unpacking the tarball again: a warm build starts in milliseconds.
+    """
+    if not source.tree or os.path.isdir(source.tree):
+        return
+    log("Unpacking the bootstrap into the cache")
+    tmp = tempfile.mkdtemp(prefix=".rootfs-", dir=os.path.dirname(source.tree))
+    try:
+        unpack(source, tmp)
+        with contextlib.suppress(OSError):  # another build got there first: use theirs
+            os.rename(tmp, source.tree)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def populate(plan: Plan, index: int, rootfs: str, *, overlay: bool) -> None:
+    """The stage's root: an overlay on the cached tree where possible, else unpacked."""
+    source = plan.sources[index]
+    if overlay and source.tree and os.path.isdir(source.tree):
+        upper, work = f"{plan.stage_dir(index)}/upper", f"{plan.stage_dir(index)}/overlay-work"
+        for path in (upper, work, rootfs):
+            os.makedirs(path, exist_ok=True)
+        # userxattr: whiteouts and opaque dirs as user.* xattrs, which a user namespace may
+        # write; without it dpkg meets EXDEV renaming directories.
+        opts = f"lowerdir={source.tree},upperdir={upper},workdir={work},userxattr"
+        done = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, rootfs],
+                              capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            return
+        log(f"overlay unavailable ({done.stderr.strip()}); unpacking instead")
+    unpack(source, rootfs)
 
 
 def write_files(rootfs: str, items: Sequence[layout.File | layout.Link]) -> None:
@@ -289,7 +329,8 @@ def build_stage(plan: Plan, defn: Definition, index: int, confined: bool) -> Non
     rootfs = plan.rootfs(index)
     label = f" {stage.name}" if stage.name else ""
     log(f"Stage {index + 1}/{len(defn.stages)}{label}: bootstrap {stage.bootstrap}")
-    populate(source, rootfs)
+    final = index == len(defn.stages) - 1
+    populate(plan, index, rootfs, overlay=not (final and plan.sandbox))
     make_mount_points(rootfs)
     write_files(rootfs, layout.base_environment(source.env or None))
     run_setup(plan, stage, rootfs, confined)
@@ -303,30 +344,23 @@ def build_stage(plan: Plan, defn: Definition, index: int, confined: bool) -> Non
         if stage.runscript is None and source.runscript:
             files.append(layout.File(f"{layout.SD}/runscript", source.runscript, 0o755))
         write_files(rootfs, files)
-        if index == len(defn.stages) - 1:
+        if final:
             run_test(plan, stage, rootfs)
-    log(f"stage {stage.name or index + 1}: {tree_size(rootfs) / 2**20:.1f} MiB")
-
-
-def tree_size(root: str) -> int:
-    """Bytes in a root filesystem (what the stage would weigh unpacked)."""
-    total = 0
-    for path, _, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(path, name)).st_size
-    return total
+            shutil.copyfile(f"{rootfs}/{layout.SD}/labels.json", plan.labels_file)
+    log(f"stage {stage.name or index + 1}: {tree_size(Path(rootfs)) / 2**20:.1f} MiB")
 
 
 def pack(plan: Plan, rootfs: str) -> None:
     """SquashFS made here, as fake root, so files owned by root stay uid 0."""
     log(f"Creating SquashFS ({plan.compression})")
-    sh(["mksquashfs", rootfs, plan.squashfs, "-noappend", "-comp", plan.compression,
+    sh(["mksquashfs", rootfs, plan.squashfs, "-noappend", *mksquashfs_flags(plan.compression),
         "-no-progress", "-quiet"], stdout=subprocess.DEVNULL)
 
 
 def execute(plan: Plan) -> None:
     defn = parse(plan.text, plan.deffile)
+    for source in plan.sources:  # before the host turns read-only
+        unpack_tree(source)
     confined = confine_host(plan.workdir)
     for index in range(len(defn.stages)):
         build_stage(plan, defn, index, confined)

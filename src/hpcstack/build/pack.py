@@ -23,6 +23,17 @@ GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "i386", "armv7l": "arm
            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 
+# zstd level 9 packs within ~6% of the default level 15's size in a fifth of the time.
+ZSTD_LEVEL = 9
+
+
+def mksquashfs_flags(compression: str) -> list[str]:
+    """Compression flags for ``mksquashfs`` (the same for the builtin and Apptainer engines)."""
+    if compression == "zstd":
+        return ["-comp", "zstd", "-Xcompression-level", str(ZSTD_LEVEL)]
+    return ["-comp", compression]
+
+
 def host_arch() -> str:
     """The host's architecture in SIF's (Go's) spelling."""
     return GO_ARCH.get(platform.machine(), platform.machine())

@@ -26,6 +26,7 @@ class Source(BaseModel):
     ref: str = ""  # tag inside an OCI layout
     env: list[tuple[str, str]] = []  # an OCI image's ENV, for 10-docker2singularity.sh
     runscript: str = ""  # an OCI image's ENTRYPOINT + CMD, when the stage has no %runscript
+    tree: str = ""  # cache directory holding (or to hold) the unpacked root, an overlay's lower
 
 
 class HostCopy(BaseModel):
@@ -57,6 +58,10 @@ class Plan(BaseModel):
     @property
     def squashfs(self) -> str:
         return f"{self.workdir}/image.sqfs"
+
+    @property
+    def labels_file(self) -> str:  # the final image's labels.json, for the SIF descriptor
+        return f"{self.workdir}/labels.json"
 
     @property
     def error_file(self) -> str:
