@@ -1,21 +1,60 @@
 #!/usr/bin/env bash
-# The short demo: an ordinary user builds examples/hello.def into a SIF without
-# root, then runs it. Run as root, it uses $SUDO_USER or creates `hpcdemo`.
+# The short demo, run by `install.sh --demo` (as root):
+#   1. starts the U2CB build service with its embedded defaults, as the
+#      unprivileged service account `u2cb` (MUNGE identity, SQLite, local builds);
+#   2. as an ordinary user ($SUDO_USER, or `hpcdemo`): builds examples/hello.def
+#      into a SIF without root and runs it; then builds it again through the
+#      service with `u2cb defcreate`, lists it and downloads it.
+# The service keeps running afterwards (its log: /var/log/u2cb-demo.log).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PORT=${U2CB_PORT:-8473}
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "demo.sh: run as root (it starts munged and the service account)" >&2
+  exit 1
+fi
+
+# MUNGE: cluster identity, so users need no password.
+if ! runuser -u nobody -- munge -n </dev/null >/dev/null 2>&1; then
+  install -d -o munge -g munge -m 0755 /run/munge
+  runuser -u munge -- /usr/sbin/munged
+fi
+
+# The service, as its own unprivileged account (useradd gives subordinate IDs).
+id u2cb >/dev/null 2>&1 || useradd -m -s /bin/bash u2cb
+if ! curl -fsS "http://127.0.0.1:$PORT/api/v1/health" >/dev/null 2>&1; then
+  touch /var/log/u2cb-demo.log && chown u2cb /var/log/u2cb-demo.log
+  u2cb_home=$(getent passwd u2cb | cut -d: -f6)
+  runuser -u u2cb -- env -i HOME="$u2cb_home" USER=u2cb PATH=/usr/local/bin:/usr/bin:/bin \
+    setsid hpcstack serve --port "$PORT" >/var/log/u2cb-demo.log 2>&1 < /dev/null &
+  for _ in $(seq 50); do
+    curl -fsS "http://127.0.0.1:$PORT/api/v1/health" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+fi
+echo "==> U2CB service on http://127.0.0.1:$PORT (API docs: /api/v1/docs)"
+
 USER_NAME=${SUDO_USER:-hpcdemo}
 [ "$USER_NAME" = root ] && USER_NAME=hpcdemo
-if [ "$(id -u)" -eq 0 ]; then
-  id "$USER_NAME" >/dev/null 2>&1 || useradd -m -s /bin/bash "$USER_NAME"
-  home=$(getent passwd "$USER_NAME" | cut -d: -f6)
-  install -d -o "$USER_NAME" "$home/hpcstack-demo"
-  install -m 644 -o "$USER_NAME" "$HERE/examples/hello.def" "$home/hpcstack-demo/hello.def"
-  exec runuser -u "$USER_NAME" -- env -i HOME="$home" USER="$USER_NAME" LOGNAME="$USER_NAME" \
-    PATH=/usr/local/bin:/usr/bin:/bin TERM="${TERM:-dumb}" bash "$0"
-fi
-cd "$HOME/hpcstack-demo" 2>/dev/null || { mkdir -p "$HOME/hpcstack-demo"; cd "$HOME/hpcstack-demo"; cp "$HERE/examples/hello.def" .; }
+id "$USER_NAME" >/dev/null 2>&1 || useradd -m -s /bin/bash "$USER_NAME"
+home=$(getent passwd "$USER_NAME" | cut -d: -f6)
+install -d -o "$USER_NAME" "$home/hpcstack-demo"
+install -m 644 -o "$USER_NAME" "$HERE/examples/hello.def" "$home/hpcstack-demo/hello.def"
+
+runuser -u "$USER_NAME" -- env -i HOME="$home" USER="$USER_NAME" LOGNAME="$USER_NAME" \
+  PATH=/usr/local/bin:/usr/bin:/bin TERM="${TERM:-dumb}" U2CB_SERVER="http://127.0.0.1:$PORT" \
+  bash -euc '
+cd "$HOME/hpcstack-demo"
 set -x
 hpcstack build --force hello.sif hello.def
 hpcstack run hello.sif
-hpcstack exec hello.sif sh -c 'echo "$VAR"'
+hpcstack exec hello.sif sh -c "echo \$VAR"
 siftool list hello.sif
+u2cb delete -n hello >/dev/null 2>&1 || true
+u2cb defcreate -n hello -d hello.def
+u2cb list
+u2cb download -n hello -o hello-u2cb.sif
+hpcstack run hello-u2cb.sif
+'
+echo "==> demo done; the U2CB service keeps running (stop it: pkill -u u2cb -f 'hpcstack serve')"

@@ -33,8 +33,10 @@ PACKAGES=(
   squashfs-tools squashfuse fuse3 siftool # packing and reading images
   charliecloud bubblewrap                 # the runtime that runs here
   docker-registry openssl                 # a local registry for tests and sites
-  procps ca-certificates tar
+  procps ca-certificates tar curl
   lmod tcl slurm-wlm munge openmpi-bin     # container modules: Lmod (+ tclsh for modulecmd.tcl), Slurm + MUNGE, host MPI
+  postgresql                              # U2CB: PostgreSQL for the storage tests (SQLite is the default)
+  hpcc libopenblas0-serial                # hpcstack bench: HPC Challenge with OpenBLAS (the same build goes in its image)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -56,7 +58,9 @@ fi
 "$PREFIX/bin/pip" install -q --upgrade pip
 "$PREFIX/bin/pip" install -q "$HERE[test]"
 chmod -R a+rX "$PREFIX"
-ln -sf "$PREFIX/bin/hpcstack" /usr/local/bin/hpcstack
+for cmd in hpcstack u2cb; do
+  ln -sf "$PREFIX/bin/$cmd" "/usr/local/bin/$cmd"
+done
 echo "==> $("$PREFIX/bin/hpcstack" version) installed; try: hpcstack --help"
 
 if [ "$DEMO" = 1 ]; then

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from hpcstack import __version__
 from hpcstack.cli.modules import app as modules_app
+from hpcstack.cli.serve import serve
 from hpcstack.errors import UserError
 
 app = typer.Typer(help="Run an HPC center's software stack in containers.",
@@ -28,6 +29,7 @@ def_app = typer.Typer(help="Definition files: check and show.", no_args_is_help=
 cache_app = typer.Typer(help="The build cache.", no_args_is_help=True)
 app.add_typer(def_app, name="def")
 app.add_typer(cache_app, name="cache")
+app.command("serve")(serve)
 app.add_typer(modules_app, name="modules")
 
 out = Console()

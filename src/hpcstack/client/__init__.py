@@ -1,0 +1,1 @@
+"""The ``u2cb`` command: the build service's client, with the center's verbs."""

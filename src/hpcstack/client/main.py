@@ -1,0 +1,309 @@
+"""``u2cb``: build container images on the cluster without root, through the U2CB service.
+
+The center's verbs (create, defcreate, list, connect, download, delete, shell)
+plus status, logs, cancel.  Errors are one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hpcstack.client.api import Client, load_config
+from hpcstack.errors import UserError
+from hpcstack.service.models import name_problem
+
+app = typer.Typer(help="U2CB: build container images on the cluster without root.",
+                  no_args_is_help=True, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+out = Console()
+err = Console(stderr=True)
+STATE: dict[str, str | None] = {"server": None}
+DONE_STATES = ("ready", "failed", "cancelled")
+
+NameOpt = Annotated[str, typer.Option("--name", "-n", help="The container's name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+DetachOpt = Annotated[bool, typer.Option("--detach", help="Return once queued; "
+                                         "follow with u2cb status / logs.")]
+
+
+@app.callback()
+def root(server: Annotated[str | None, typer.Option(
+        "--server", "-s", help="Service URL (else $U2CB_SERVER, then the config file).")]
+         = None) -> None:
+    STATE["server"] = server
+
+
+def client() -> Client:
+    return Client(load_config(STATE["server"]))
+
+
+def valid(name: str) -> str:
+    if problem := name_problem(name):
+        raise UserError(problem)
+    return name
+
+
+# --- building --------------------------------------------------------------------------
+
+
+def wait_for(c: Client, name: str, verbose: bool) -> dict:
+    """Follow a build to its end (log lines with --verbose); fail with its reason."""
+    offset, info = 0, c.status(name)
+    with err.status(f"building {name} …", spinner="dots") if err.is_terminal and not verbose \
+            else _nothing():
+        while True:
+            if verbose:
+                chunk = c.log(name, offset)
+                sys.stderr.write(chunk["text"])
+                offset = chunk["next_offset"]
+            info = c.status(name)
+            if info["state"] in DONE_STATES:
+                break
+            time.sleep(0.5)
+    if verbose:
+        sys.stderr.write(c.log(name, offset)["text"])
+    if info["state"] != "ready":
+        raise UserError(f"{name}: build {info['state']}: {info.get('reason') or 'no reason'}")
+    return info
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@app.command()
+def create(name: NameOpt, base: Annotated[str, typer.Option(
+        "--base", "-b", help="docker://REF, debootstrap://SUITE or one of your containers.")],
+           detach: DetachOpt = False,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """A writable sandbox from a base image (connect to it, then download it)."""
+    c = client()
+    c.create(valid(name), base)
+    if not detach:
+        wait_for(c, name, verbose)
+    err.print(f"{name}: {'queued' if detach else 'ready'}")
+
+
+def uploads_for(deffile: Path) -> list[tuple[str, Path]]:
+    """The files ``%files`` names, relative to the definition file's directory."""
+    from hpcstack.deffile import parse
+
+    try:
+        defn = parse(deffile.read_text(), deffile.name)
+    except UserError:
+        return []  # the service says what is wrong, with FILE:LINE
+    base = deffile.resolve().parent
+    found: dict[str, Path] = {}
+    for stage in defn.stages:
+        for section in stage.files:
+            if section.stage is not None:
+                continue
+            for t in section.transfers:
+                if t.src.startswith(("/", "~")):
+                    continue  # refused by the service with the line number
+                for match in sorted(glob.glob(str(base / t.src))):
+                    add_upload(found, base, Path(match))
+    return sorted(found.items())
+
+
+def add_upload(found: dict[str, Path], base: Path, path: Path) -> None:
+    if path.is_dir():
+        for sub in sorted(path.rglob("*")):
+            if sub.is_file():
+                found[os.path.relpath(sub, base)] = sub
+    elif path.is_file():
+        found[os.path.relpath(path, base)] = path
+
+
+@app.command()
+def defcreate(name: NameOpt, deffile: Annotated[Path, typer.Option(
+        "--def", "-d", help="The definition file.")], detach: DetachOpt = False,
+              verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """An image from a definition file (files named by %files are uploaded with it)."""
+    if not deffile.is_file():
+        raise UserError(f"{deffile}: no such definition file")
+    c = client()
+    c.defcreate(valid(name), deffile, uploads_for(deffile))
+    if not detach:
+        wait_for(c, name, verbose)
+    err.print(f"{name}: {'queued' if detach else 'ready'}")
+
+
+# --- looking ---------------------------------------------------------------------------
+
+
+def human(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+@app.command("list")
+def list_(what: Annotated[str | None, typer.Argument(help="def | img")] = None,
+          as_json: JsonOpt = False,
+          all_users: Annotated[bool, typer.Option("--all", help="Everyone's (admins).")]
+          = False) -> None:
+    """Your containers: `list def` (from definition files), `list img` (sandboxes)."""
+    if what not in (None, "def", "img"):
+        raise UserError(f"list {what}: use `list`, `list def` or `list img`")
+    rows = client().list(what, all_users)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "kind", "state", "size", "source", "created",
+                  *(["owner"] if all_users else []))
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r["state"], human(r.get("size")), r["source"],
+                      r["created"][:19].replace("T", " "), *([r["owner"]] if all_users else []))
+    out.print(table)
+
+
+@app.command()
+def status(name: NameOpt, as_json: JsonOpt = False) -> None:
+    """A container's state (and why a build failed)."""
+    info = client().status(valid(name))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    line = f"{info['name']}: {info['state']}"
+    if info.get("reason"):
+        line += f" ({info['reason']})"
+    print(line)
+    if info.get("sha256"):
+        print(f"sha256: {info['sha256']}")
+
+
+@app.command()
+def logs(name: NameOpt, follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing until the build ends.")] = False) -> None:
+    """The build log."""
+    c = client()
+    valid(name)
+    if follow:
+        follow_ws(c, name)
+        return
+    sys.stdout.write(c.log(name)["text"])
+
+
+def follow_ws(c: Client, name: str) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect as ws_connect
+
+    try:
+        with ws_connect(c.ws_url(f"/containers/{name}/log/ws"),
+                        additional_headers=c.auth_headers(), max_size=None) as ws:
+            for msg in ws:
+                if isinstance(msg, str) and msg.startswith('{"error"'):
+                    raise UserError(json.loads(msg)["error"])
+                sys.stdout.write(msg if isinstance(msg, str) else msg.decode())
+                sys.stdout.flush()
+    except ConnectionClosed:
+        pass
+    except OSError as exc:
+        raise UserError(f"cannot reach the build service: {exc}") from None
+
+
+@app.command()
+def cancel(name: NameOpt) -> None:
+    """Stop a queued or running build (its whole process tree)."""
+    info = client().cancel(valid(name))
+    err.print(f"{name}: {info['state']}")
+
+
+@app.command()
+def delete(name: NameOpt) -> None:
+    """Remove a container and its files."""
+    client().delete(valid(name))
+    err.print(f"{name}: deleted")
+
+
+# --- using -----------------------------------------------------------------------------
+
+
+@app.command()
+def download(name: NameOpt, output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Where to save it (default ./NAME.sif).")] = None,
+             quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
+    """Pack the container into a SIF and download it (resumable, sha256-checked)."""
+    from hpcstack.client.transfer import download as fetch
+
+    art = fetch(client(), valid(name), output or Path(f"{name}.sif"), quiet)
+    err.print(f"{name}: saved {art['path']} ({human(art['size'])}, sha256 {art['sha256'][:12]}…)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def connect(ctx: typer.Context, name: NameOpt) -> None:
+    """A root shell inside the sandbox (fakeroot); `-- CMD…` runs a command instead."""
+    from hpcstack.client.terminal import connect as join
+
+    raise typer.Exit(join(client(), valid(name), list(ctx.args)))
+
+
+@app.command()
+def shell() -> None:
+    """The interactive prompt `(U2CB Server) > `."""
+    from hpcstack.client.prompt import Prompt
+
+    Prompt(run_verb).cmdloop()
+
+
+def run_verb(argv: list[str]) -> int:
+    """Run one u2cb command line in this process; its exit status (for the prompt)."""
+    from typer._click.exceptions import ClickException
+
+    try:
+        status = app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        print(f"u2cb: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return exc.exit_code
+    except ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("u2cb: interrupted", file=sys.stderr)
+        return 130
+    return status if isinstance(status, int) else 0
+
+
+def main() -> None:
+    """Entry point: user errors as one line, Ctrl-C as 130, never a traceback."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        status = app(standalone_mode=False)
+    except UserError as exc:
+        print(f"u2cb: error: {(str(exc).splitlines() or ['error'])[0]}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        print("u2cb: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(0)
+    except ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(status if isinstance(status, int) else 0)

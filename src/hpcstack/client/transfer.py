@@ -1,0 +1,84 @@
+"""``u2cb download``: resumable, with a progress bar, checked against the server's sha256.
+
+The file grows as ``NAME.sif.part`` beside the target (with the sha256 it is
+meant to have in ``NAME.sif.part.sha256``); a later run continues it with a
+``Range`` request.  Only a complete file with the right checksum is renamed
+into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from hpcstack.client.api import Client, check
+from hpcstack.errors import UserError
+
+CHUNK = 1 << 20
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(client: Client, name: str, target: Path, quiet: bool = False) -> dict:
+    """Fetch NAME's SIF to ``target``; returns the artifact (name, size, sha256)."""
+    art = client.pack(name)
+    if target.is_dir():
+        target = target / f"{name}.sif"
+    part = target.with_name(target.name + ".part")
+    meta = target.with_name(target.name + ".part.sha256")
+    if part.exists() and (not meta.exists() or meta.read_text().strip() != art["sha256"]
+                          or part.stat().st_size > art["size"]):
+        part.unlink()  # a different image than the one we started: start over
+    meta.write_text(art["sha256"] + "\n")
+    have = part.stat().st_size if part.exists() else 0
+    digest = hashlib.sha256()
+    if have:
+        with part.open("rb") as fh:  # what we already have, hashed once
+            while block := fh.read(CHUNK):
+                digest.update(block)
+    if have < art["size"]:
+        digest = fetch(client, name, part, have, art["size"], quiet, digest)
+    if digest.hexdigest() != art["sha256"]:
+        part.unlink()
+        raise UserError(f"{name}: checksum mismatch after download; run download again")
+    os.replace(part, target)
+    meta.unlink(missing_ok=True)
+    return {**art, "path": str(target)}
+
+
+def fetch(client: Client, name: str, part: Path, have: int, size: int, quiet: bool,
+          digest):
+    """Append the rest of the image to ``part``, hashing as it arrives."""
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    show = not quiet and sys.stderr.isatty()
+    with client.stream(f"/containers/{name}/image", headers) as resp:
+        check(resp)
+        if have and resp.status_code != 206:
+            have = 0  # the server ignored the range: take the whole file
+            digest = hashlib.sha256()
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                      disable=not show, transient=False) as progress, \
+                part.open("ab" if have else "wb") as fh:
+            task = progress.add_task(f"{name}.sif", total=size, completed=have)
+            for block in resp.iter_bytes(CHUNK):
+                fh.write(block)
+                digest.update(block)
+                progress.update(task, advance=len(block))
+    return digest

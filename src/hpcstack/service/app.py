@@ -1,0 +1,475 @@
+"""The U2CB REST API (FastAPI): containers, builds, logs, downloads, sessions, tokens.
+
+Stateless: every request carries its own credential (MUNGE or an API token).
+Users see and touch only their own containers; admins may pass ``owner=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import (
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from hpcstack import __version__
+from hpcstack.errors import UserError
+from hpcstack.service import auth, db, recipes, store
+from hpcstack.service.config import Settings
+from hpcstack.service.executors import build_argv, make_executor
+from hpcstack.service.models import (
+    ACTIVE,
+    Artifact,
+    Container,
+    ContainerList,
+    CreateRequest,
+    Error,
+    Health,
+    Identity,
+    Kind,
+    LogChunk,
+    State,
+    Token,
+    TokenRequest,
+    name_problem,
+    upload_problem,
+)
+from hpcstack.service.queue import Scheduler
+
+log = logging.getLogger("u2cb")
+API = "/api/v1"
+
+
+class ServiceError(Exception):
+    """An error the caller caused: HTTP ``status`` with a one-line ``detail``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+@dataclass
+class Service:
+    settings: Settings
+    db: db.Database
+    scheduler: Scheduler
+    pack_locks: dict[int, threading.Lock] = field(default_factory=dict)
+
+    def paths(self, key: int) -> store.Paths:
+        return store.Paths(self.settings.containers_dir(), key)
+
+
+def responses(*codes: int) -> dict:
+    return {c: {"model": Error} for c in (400, 401, 422, *codes)}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The application with its own database, scheduler and executor."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)  # users reach their files only through the API
+    for d in (settings.containers_dir(), settings.tmp_dir(), settings.data_dir / "cache"):
+        d.mkdir(parents=True, exist_ok=True)
+    database = db.Database(settings.db_url)
+    database.create_all()
+    executor = make_executor(settings.executor, settings.slurm_partition)
+    svc = Service(settings, database, Scheduler(settings, database, executor))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        svc.scheduler.start()
+        yield
+        await asyncio.to_thread(svc.scheduler.shutdown)
+        database.dispose()
+
+    app = FastAPI(title="U2CB build service", version=__version__, lifespan=lifespan,
+                  openapi_url=f"{API}/openapi.json", docs_url=f"{API}/docs",
+                  redoc_url=None,
+                  description="Unprivileged container builds: sandboxes from base images, "
+                  "images from definition files, interactive fakeroot sessions.")
+    app.state.svc = svc
+    install_handlers(app)
+    add_routes(app, svc)
+    return app
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_r: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer, Munge"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(UserError)
+    async def _user_error(_r: Request, exc: UserError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc).splitlines()[0]}, status_code=422)
+
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"},
+                            status_code=422)
+
+
+# --- identity and lookup ---------------------------------------------------------------
+
+
+def who(svc: Service, headers) -> Identity:
+    try:
+        return auth.identify(headers, svc.db, svc.settings.munge_socket,
+                             svc.settings.admin_users)
+    except auth.AuthError as err:
+        raise ServiceError(401, str(err)) from None
+
+
+def owner_uid(ident: Identity, owner: str | None) -> int:
+    """The UID whose containers a request addresses: one's own unless an admin says."""
+    if owner is None or owner == ident.user:
+        return ident.uid
+    if not ident.admin:
+        raise ServiceError(403, "only admins may act on other users' containers")
+    try:
+        return auth.user_uid(owner)
+    except ValueError as err:
+        raise ServiceError(404, str(err)) from None
+
+
+def checked_name(name: str) -> str:
+    problem = name_problem(name)
+    if problem:
+        raise ServiceError(422, problem)
+    return name
+
+
+def lookup(svc: Service, uid: int, name: str) -> db.ContainerRow:
+    checked_name(name)
+    with svc.db.session() as s:
+        row = db.find(s, uid, name)
+    if row is None:
+        raise ServiceError(404, f"{name}: no such container")
+    return row
+
+
+def image_resolver(svc: Service, uid: int):
+    """NAME -> the path of that container's image (SIF or sandbox), for localimage."""
+
+    def resolve(name: str) -> str | None:
+        with svc.db.session() as s:
+            row = db.find(s, uid, name)
+        if row is None or row.state != State.READY.value:
+            return None
+        p = svc.paths(row.id)
+        return str(p.image if row.kind == Kind.DEF.value else p.sandbox)
+
+    return resolve
+
+
+def check_quota(svc: Service, uid: int, incoming: int) -> None:
+    with svc.db.session() as s:
+        used = db.usage(s, uid)
+    quota = svc.settings.quota_bytes
+    if used + incoming > quota:
+        raise ServiceError(507, f"disk quota full: {used} of {quota} bytes used, "
+                           f"{incoming} more requested; delete containers to free space")
+
+
+def new_row(svc: Service, ident: Identity, uid: int, name: str, kind: Kind,
+            source: str) -> db.ContainerRow:
+    """Insert a queued container; 409 when the name is taken."""
+    try:
+        with svc.db.session() as s:
+            old = db.find(s, uid, name)
+            if old is not None:
+                raise ServiceError(409, f"{name}: a container with this name exists; "
+                                   "delete it first")
+            row = db.ContainerRow(uid=uid, owner=auth.user_name(uid), name=name,
+                                  kind=kind.value, source=source, state=State.QUEUED.value,
+                                  attempts=0, usage=0)
+            s.add(row)
+            s.flush()
+            return row
+    except IntegrityError:
+        raise ServiceError(409, f"{name}: a container with this name exists") from None
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+def ident(request: Request) -> Identity:
+    """The dependency every authenticated route takes."""
+    return who(request.app.state.svc, request.headers)
+
+
+Who = Annotated[Identity, Depends(ident)]
+Owner = Annotated[str | None, Query(max_length=64, description="admins: whose")]
+
+
+def add_routes(app: FastAPI, svc: Service) -> None:
+
+    @app.get(f"{API}/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """Liveness, with the executor and database kind (no credential needed)."""
+        return Health(status="ok", version=__version__, executor=svc.settings.executor,
+                      database=svc.db.dialect)
+
+    @app.get(f"{API}/whoami", response_model=Identity, responses=responses(), tags=["service"])
+    def whoami(me: Who) -> Identity:
+        """Who the service takes you for."""
+        return me
+
+    @app.get(f"{API}/containers", response_model=ContainerList, responses=responses(403),
+             tags=["containers"])
+    def list_containers(me: Who, kind: Kind | None = None, owner: Owner = None,
+                        all_users: Annotated[bool, Query(alias="all")] = False
+                        ) -> ContainerList:
+        """Your containers (``kind``: def or img); admins may list everyone's."""
+        if all_users and not me.admin:
+            raise ServiceError(403, "only admins may list all users' containers")
+        uid = None if all_users else owner_uid(me, owner)
+        with svc.db.session() as s:
+            rows = db.listing(s, uid, kind)
+        return ContainerList(containers=[r.model() for r in rows])
+
+    @app.post(f"{API}/containers", response_model=Container, status_code=202,
+              responses=responses(403, 404, 409, 507), tags=["containers"])
+    def create(me: Who, req: CreateRequest) -> Container:
+        """A writable sandbox from a base image (``u2cb create -n NAME -b BASE``)."""
+        name = checked_name(req.name)
+        spec, text = recipes.base_spec(req.base, image_resolver(svc, me.uid))
+        check_quota(svc, me.uid, 0)
+        row = new_row(svc, me, me.uid, name, Kind.IMG, req.base)
+        paths = svc.paths(row.id)
+        if text is not None:
+            store.write_atomic(paths.defdir / "base.def", text.encode())
+            spec = str(paths.defdir / "base.def")
+        store.write_atomic(paths.defdir / "spec", spec.encode())
+        svc.scheduler.wake.set()
+        return row.model()
+
+    @app.post(f"{API}/containers/def", response_model=Container, status_code=202,
+              responses=responses(403, 404, 409, 413, 507), tags=["containers"])
+    async def defcreate(request: Request, name: Annotated[str, Form(max_length=300)],
+                        definition: Annotated[UploadFile, File()],
+                        files: Annotated[list[UploadFile] | None, File()] = None,
+                        paths: Annotated[list[str] | None, Form()] = None) -> Container:
+        """An image from a definition file, with the files its ``%files`` names."""
+        me = await asyncio.to_thread(who, svc, request.headers)
+        name = checked_name(name)
+        files, paths = files or [], paths or []
+        if len(files) != len(paths):
+            raise ServiceError(422, "paths: one path per uploaded file")
+        total = sum(f.size or 0 for f in [definition, *files])
+        if total > svc.settings.max_upload_bytes:
+            raise ServiceError(413, f"upload of {total} bytes is over the limit of "
+                               f"{svc.settings.max_upload_bytes} bytes")
+        for p in paths:
+            if problem := upload_problem(p):
+                raise ServiceError(422, f"paths: {problem}")
+        text_bytes = await definition.read()
+        try:
+            text = text_bytes.decode()
+        except UnicodeDecodeError:
+            raise ServiceError(422, "definition: not UTF-8 text") from None
+        filename = os.path.basename(definition.filename or "build.def") or "build.def"
+        try:
+            defn = recipes.check_definition(text, filename, set(paths))
+            rewrites = recipes.localimage_rewrites(defn, filename,
+                                                   image_resolver(svc, me.uid))
+        except UserError as err:
+            raise ServiceError(422, str(err).splitlines()[0]) from None
+        await asyncio.to_thread(check_quota, svc, me.uid, total)
+        row = await asyncio.to_thread(new_row, svc, me, me.uid, name, Kind.DEF, filename)
+        where = svc.paths(row.id)
+        for upload, rel in zip(files, paths, strict=True):
+            store.write_atomic(where.defdir / rel, await upload.read())
+        store.write_atomic(where.dir / "submitted.def", text_bytes)
+        store.write_atomic(where.defdir / filename,  # named as the user's, for messages
+                           recipes.rewrite_lines(text, rewrites).encode())
+        with svc.db.session() as s:
+            r = s.get(db.ContainerRow, row.id)
+            if r is not None:
+                r.usage = total
+        svc.scheduler.wake.set()
+        return row.model()
+
+    @app.get(f"{API}/containers/{{name}}", response_model=Container,
+             responses=responses(403, 404), tags=["containers"])
+    def status(me: Who, name: str, owner: Owner = None) -> Container:
+        """One container: its state, and why it failed."""
+        return lookup(svc, owner_uid(me, owner), name).model()
+
+    @app.post(f"{API}/containers/{{name}}/cancel", response_model=Container,
+              responses=responses(403, 404, 409), tags=["containers"])
+    def cancel(me: Who, name: str, owner: Owner = None) -> Container:
+        """Stop a queued or running build; its whole process tree ends."""
+        row = lookup(svc, owner_uid(me, owner), name)
+        if State(row.state) not in ACTIVE:
+            raise ServiceError(409, f"{name}: nothing to cancel, the build is {row.state}")
+        cancel_build(svc, row)
+        return lookup(svc, row.uid, name).model()
+
+    @app.delete(f"{API}/containers/{{name}}", status_code=204,
+                responses=responses(403, 404), tags=["containers"])
+    def delete(me: Who, name: str, owner: Owner = None) -> Response:
+        """Remove a container, its build and its files."""
+        row = lookup(svc, owner_uid(me, owner), name)
+        if State(row.state) in ACTIVE:
+            cancel_build(svc, row)
+        with svc.db.session() as s:
+            r = s.get(db.ContainerRow, row.id)
+            if r is not None:
+                s.delete(r)
+        store.remove(svc.paths(row.id).dir)
+        return Response(status_code=204)
+
+    @app.get(f"{API}/containers/{{name}}/log", response_model=LogChunk,
+             responses=responses(403, 404), tags=["builds"])
+    def build_log(me: Who, name: str, owner: Owner = None,
+                  offset: Annotated[int, Query(ge=0, le=2**40)] = 0) -> LogChunk:
+        """The build log from byte ``offset`` (poll with ``next_offset`` to follow it)."""
+        row = lookup(svc, owner_uid(me, owner), name)
+        return read_log(svc, row, offset)
+
+    @app.post(f"{API}/containers/{{name}}/pack", response_model=Artifact,
+              responses=responses(403, 404, 409), tags=["images"])
+    def pack(me: Who, name: str, owner: Owner = None) -> Artifact:
+        """Make the SIF ``download`` fetches (packing a sandbox); its size and sha256."""
+        row = lookup(svc, owner_uid(me, owner), name)
+        return artifact(svc, row)
+
+    @app.get(f"{API}/containers/{{name}}/image", response_class=FileResponse,
+             responses={**responses(403, 404, 409),
+                        200: {"content": {"application/octet-stream": {}}},
+                        206: {"content": {"application/octet-stream": {}}}},
+             tags=["images"])
+    def download(me: Who, name: str, owner: Owner = None) -> FileResponse:
+        """The SIF (``Range`` requests resume a download); call ``pack`` first."""
+        row = lookup(svc, owner_uid(me, owner), name)
+        path, sha = artifact_path(svc, row)
+        if path is None:
+            raise ServiceError(409, f"{name}: not packed yet; POST .../pack first")
+        return FileResponse(path, media_type="application/octet-stream",
+                            filename=f"{name}.sif", headers={"X-Checksum-Sha256": sha or ""})
+
+    @app.post(f"{API}/tokens", response_model=Token, status_code=201,
+              responses=responses(403, 404), tags=["admin"])
+    def new_token(me: Who, req: TokenRequest) -> Token:
+        """An API token acting as ``user`` (for web portals); admins only."""
+        if not me.admin:
+            raise ServiceError(403, "only admins may issue API tokens")
+        try:
+            uid = auth.user_uid(req.user)
+        except ValueError as err:
+            raise ServiceError(404, str(err)) from None
+        token = auth.issue_token(svc.db, req.user, uid, req.admin)
+        return Token(token=token, user=req.user, uid=uid, admin=req.admin)
+
+    from hpcstack.service import sessions
+
+    sessions.add_websockets(app, svc)
+
+
+# --- helpers the routes share ----------------------------------------------------------
+
+
+def cancel_build(svc: Service, row: db.ContainerRow) -> None:
+    if svc.scheduler.cancel(row.id):
+        return
+    with svc.db.session() as s:
+        r = s.get(db.ContainerRow, row.id)
+        if r is not None and r.state == State.QUEUED.value:
+            r.state, r.reason, r.finished = State.CANCELLED.value, "cancelled by the user", \
+                db.now()
+        elif r is not None and r.state == State.RUNNING.value:
+            raise ServiceError(409, f"{row.name}: running on another service instance; "
+                               "try again")
+
+
+def read_log(svc: Service, row: db.ContainerRow, offset: int, limit: int = 1 << 20) -> LogChunk:
+    path = svc.paths(row.id).log
+    data = b""
+    if path.exists():
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read(limit)
+    with svc.db.session() as s:
+        r = s.get(db.ContainerRow, row.id)
+        state = State(r.state) if r else State.FAILED
+    done = state not in ACTIVE and len(data) < limit
+    return LogChunk(text=data.decode(errors="replace"), offset=offset,
+                    next_offset=offset + len(data), done=done)
+
+
+def artifact_path(svc: Service, row: db.ContainerRow) -> tuple[str | None, str | None]:
+    p = svc.paths(row.id)
+    if row.kind == Kind.DEF.value:
+        return (str(p.image), row.sha256) if p.image.is_file() else (None, None)
+    sha_file = p.dir / "packed.sif.sha256"
+    if p.packed.is_file() and sha_file.is_file():
+        return str(p.packed), sha_file.read_text().strip()
+    return None, None
+
+
+def artifact(svc: Service, row: db.ContainerRow) -> Artifact:
+    """The downloadable SIF: the built image, or the sandbox packed (again if changed)."""
+    if row.state != State.READY.value:
+        raise ServiceError(409, f"{row.name}: not ready (the build is {row.state})")
+    p = svc.paths(row.id)
+    if row.kind == Kind.DEF.value:
+        return Artifact(name=row.name, size=p.image.stat().st_size, sha256=row.sha256 or "")
+    lock = svc.pack_locks.setdefault(row.id, threading.Lock())
+    with lock:
+        changed = p.dir / "sandbox.changed"
+        sha_file = p.dir / "packed.sif.sha256"
+        fresh = p.packed.is_file() and sha_file.is_file() and not (
+            changed.exists() and changed.stat().st_mtime >= p.packed.stat().st_mtime)
+        if not fresh:
+            pack_sandbox(svc, row, p)
+        return Artifact(name=row.name, size=p.packed.stat().st_size,
+                        sha256=sha_file.read_text().strip())
+
+
+def pack_sandbox(svc: Service, row: db.ContainerRow, p: store.Paths) -> None:
+    p.tmp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HPCSTACK_TMPDIR": str(p.tmp), "TMPDIR": str(p.tmp),
+           "HPCSTACK_CACHEDIR": str(svc.settings.data_dir / "cache")}
+    argv = build_argv(["build", "--force", "--quiet", str(p.packed), str(p.sandbox)])
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=p.dir,
+                              timeout=svc.settings.build_time_limit)
+    finally:
+        store.remove(p.tmp)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["packing failed"])[-1]
+        raise ServiceError(409, f"{row.name}: cannot pack the sandbox: {last}")
+    store.write_atomic(p.dir / "packed.sif.sha256", store.sha256_file(p.packed).encode())
+    with svc.db.session() as s:
+        r = s.get(db.ContainerRow, row.id)
+        if r is not None:
+            r.usage = store.tree_size(p.dir)
+
+
+def dump(obj) -> str:
+    return json.dumps(obj)
+
+
+__all__ = ["ServiceError", "create_app"]

@@ -1,0 +1,44 @@
+"""The service's settings: defaults that work with no setup, overridden by flags or env.
+
+``hpcstack serve`` with nothing else keeps its data in ``~/.local/share/u2cb``
+(the service account's home) with SQLite in WAL mode and builds locally.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "u2cb"
+
+
+class Settings(BaseModel):
+    data_dir: Path
+    database_url: str | None = None
+    munge_socket: str | None = None
+    admin_users: list[str] = ["root"]
+    executor: str = "local"
+    max_workers: int = 2
+    max_builds_per_user: int = 1
+    build_time_limit: float = 3600.0
+    quota_bytes: int = 20 * 2**30
+    max_upload_bytes: int = 256 * 2**20
+    max_attempts: int = 2
+    docker_cert_dir: str | None = None
+    slurm_partition: str | None = None
+    poll_interval: float = 0.5
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'u2cb.db'}"
+
+    def containers_dir(self) -> Path:
+        return self.data_dir / "containers"
+
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"

@@ -1,0 +1,238 @@
+"""The build queue: start queued builds within the limits, follow them, record results.
+
+One scheduler thread per service.  A queued build is claimed with a guarded
+UPDATE (state queued -> running), so several services on one PostgreSQL never
+start the same build twice.  On start-up, builds the database says are running
+were interrupted by a crash or restart: they are re-queued until
+``max_attempts`` and failed with that reason after.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import update
+
+from hpcstack.service import db, store
+from hpcstack.service.config import Settings
+from hpcstack.service.executors import Job, build_argv
+from hpcstack.service.models import Kind, State
+
+log = logging.getLogger("u2cb")
+ERROR_PREFIX = "hpcstack: error: "
+
+
+def failure_reason(log_text: str, status: int) -> str:
+    """The builder's own one-line errors from the end of a log, else the exit status."""
+    errors = [ln[len(ERROR_PREFIX):] for ln in log_text.splitlines()
+              if ln.startswith(ERROR_PREFIX)]
+    if errors:
+        return "; ".join(errors[-3:])
+    return f"build failed with exit status {status}"
+
+
+def interrupted_state(attempts: int, max_attempts: int) -> tuple[State, str]:
+    """What a build found running at start-up becomes (pure, for tests)."""
+    if attempts < max_attempts:
+        return State.QUEUED, (f"interrupted: the service stopped during the build; "
+                              f"re-queued (attempt {attempts + 1} of {max_attempts})")
+    return State.FAILED, (f"interrupted: the service stopped during the build, "
+                          f"{attempts} attempts made")
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, database: db.Database, executor) -> None:
+        self.settings = settings
+        self.db = database
+        self.executor = executor
+        self.handles: dict[int, str] = {}
+        self.deadlines: dict[int, float] = {}
+        self.stopping: dict[int, tuple[State, str]] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    # --- life cycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.recover()
+        self.thread = threading.Thread(target=self._loop, name="u2cb-scheduler", daemon=True)
+        self.thread.start()
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+        if self.thread:
+            self.thread.join(timeout=30)
+
+    def recover(self) -> None:
+        """Builds left ``running`` by a dead service: clean up, then re-queue or fail."""
+        with self.db.session() as s:
+            for row in db.in_state(s, State.RUNNING):
+                if row.job and row.job.startswith("slurm:") and self.executor.name == "slurm" \
+                        and self.executor.alive(row.job):
+                    self.handles[row.id] = row.job  # still running on the cluster: follow it
+                    self.deadlines[row.id] = time.monotonic() + self.settings.build_time_limit
+                    continue
+                if row.job and row.job.startswith(self.executor.name + ":"):
+                    self.executor.adopt(row.job)
+                state, reason = interrupted_state(row.attempts, self.settings.max_attempts)
+                log.warning("%s/%s: %s", row.owner, row.name, reason)
+                row.state, row.reason, row.job = state.value, reason, None
+                if state is State.FAILED:
+                    row.finished = db.now()
+                store.remove(store.Paths(self.settings.containers_dir(), row.id).tmp)
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep scheduling; the error is in the service log
+                log.exception("scheduler tick failed")
+            self.wake.wait(self.settings.poll_interval)
+            self.wake.clear()
+        for key, handle in list(self.handles.items()):
+            if self.executor.name == "local":
+                self.executor.cancel(handle)
+                self._record(key, State.QUEUED, "interrupted: the service shut down; "
+                             "re-queued", finished=False)
+
+    # --- one round ------------------------------------------------------------------
+
+    def tick(self) -> None:
+        with self.lock:
+            self._follow()
+            self._start_queued()
+
+    def _follow(self) -> None:
+        for key, handle in list(self.handles.items()):
+            status = self.executor.poll(handle)
+            if status is None:
+                if time.monotonic() > self.deadlines[key]:
+                    limit = self.settings.build_time_limit
+                    self.stop(key, State.FAILED, f"time limit of {limit:g} s exceeded; "
+                              "the build was killed")
+                continue
+            self._finish(key, status)
+
+    def _start_queued(self) -> None:
+        with self.db.session() as s:
+            queued = db.in_state(s, State.QUEUED)
+        for row in queued:
+            if len(self.handles) >= self.settings.max_workers:
+                return
+            with self.db.session() as s:
+                if db.running_count(s, row.uid) >= self.settings.max_builds_per_user:
+                    continue
+                claimed = s.execute(update(db.ContainerRow)
+                                    .where(db.ContainerRow.id == row.id,
+                                           db.ContainerRow.state == State.QUEUED.value)
+                                    .values(state=State.RUNNING.value, started=db.now(),
+                                            attempts=db.ContainerRow.attempts + 1))
+                if claimed.rowcount != 1:
+                    continue
+            self._launch(row)
+
+    def _launch(self, row: db.ContainerRow) -> None:
+        paths = store.Paths(self.settings.containers_dir(), row.id)
+        job = self.job_for(row, paths)
+        try:
+            handle = self.executor.start(job)
+        except Exception as err:
+            self._record(row.id, State.FAILED, f"could not start the build: {err}")
+            return
+        self.handles[row.id] = handle
+        self.deadlines[row.id] = time.monotonic() + self.settings.build_time_limit
+        with self.db.session() as s:
+            r = s.get(db.ContainerRow, row.id)
+            if r is not None:
+                r.job = handle
+
+    def job_for(self, row: db.ContainerRow, paths: store.Paths) -> Job:
+        """The ``hpcstack build`` that makes this container."""
+        paths.tmp.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        with paths.log.open("a") as fh:
+            fh.write(f"INFO:    u2cb: build of {row.name} started {stamp} UTC "
+                     f"(attempt {row.attempts + 1})\n")
+        args = ["build", "--force"]
+        if self.settings.docker_cert_dir:
+            args += ["--docker-cert-dir", self.settings.docker_cert_dir]
+        if row.kind == Kind.IMG.value:
+            spec = (paths.defdir / "spec").read_text().strip()
+            args += ["--sandbox", "--notest", str(paths.sandbox), spec]
+        else:
+            args += [str(paths.image), row.source]  # the definition, run from defdir
+        env = {"HPCSTACK_TMPDIR": str(paths.tmp), "TMPDIR": str(paths.tmp),
+               "HPCSTACK_CACHEDIR": str(self.settings.data_dir / "cache")}
+        return Job(key=str(row.id), argv=build_argv(args), cwd=paths.defdir, log=paths.log,
+                   env=env, time_limit=self.settings.build_time_limit)
+
+    # --- endings --------------------------------------------------------------------
+
+    def stop(self, key: int, state: State, reason: str) -> None:
+        """Cancel or time out a running build: end its process tree, record why."""
+        handle = self.handles.get(key)
+        if handle is None:
+            return
+        self.stopping[key] = (state, reason)
+        self.executor.cancel(handle)
+        status = self.executor.poll(handle)
+        self._finish(key, -15 if status is None else status)
+
+    def cancel(self, key: int) -> bool:
+        """Cancel a build of this service; False when another instance runs it."""
+        with self.lock:
+            if key in self.handles:
+                self.stop(key, State.CANCELLED, "cancelled by the user")
+                return True
+        return False
+
+    def _finish(self, key: int, status: int) -> None:
+        handle = self.handles.pop(key, None)
+        self.deadlines.pop(key, None)
+        stopped = self.stopping.pop(key, None)
+        paths = store.Paths(self.settings.containers_dir(), key)
+        store.remove(paths.tmp)
+        if handle is None and stopped is None:
+            return
+        if stopped is not None:
+            self._record(key, *stopped)
+            return
+        if status == 0:
+            self._succeed(key, paths)
+            return
+        text = paths.log.read_text(errors="replace") if paths.log.exists() else ""
+        self._record(key, State.FAILED, failure_reason(text[-20000:], status))
+
+    def _succeed(self, key: int, paths: store.Paths) -> None:
+        with self.db.session() as s:
+            row = s.get(db.ContainerRow, key)
+            if row is None:
+                return
+            if row.kind == Kind.DEF.value and paths.image.is_file():
+                row.sha256 = store.sha256_file(paths.image)
+                row.size = paths.image.stat().st_size
+            elif row.kind == Kind.IMG.value and paths.sandbox.is_dir():
+                row.size = store.tree_size(paths.sandbox)
+            else:
+                row.state, row.reason = State.FAILED.value, "the build left no image"
+                row.finished = db.now()
+                return
+            row.usage = store.tree_size(paths.dir)
+            row.state, row.reason, row.finished, row.job = State.READY.value, None, \
+                db.now(), None
+
+    def _record(self, key: int, state: State, reason: str, finished: bool = True) -> None:
+        with self.db.session() as s:
+            row = s.get(db.ContainerRow, key)
+            if row is None:
+                return
+            row.state, row.reason, row.job = state.value, reason, None
+            if finished:
+                row.finished = db.now()
+            row.usage = store.tree_size(store.Paths(self.settings.containers_dir(), key).dir)

@@ -1,0 +1,263 @@
+"""The service's pure core (names, recipes, MUNGE output, queue rules) and its storage.
+
+The storage tests run against SQLite (WAL) and a real PostgreSQL that a fixture
+starts with Debian's ``initdb``/``pg_ctl`` as an unprivileged user in a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import update
+
+from conftest import User, _ensure_user
+from hpcstack.errors import UserError
+from hpcstack.service import auth, db, recipes
+from hpcstack.service.models import NAME_MAX, Kind, State, name_problem, upload_problem
+from hpcstack.service.queue import failure_reason, interrupted_state
+
+# --- names -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["box", "gromacs-2020.4", "a", "x" * NAME_MAX, "A_b+c"])
+def test_good_names(name: str) -> None:
+    assert name_problem(name) is None
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "a..b", "x" * 300, ".hidden", "-x",
+                                  "sp ace", "tab\t", "nl\n", "ü"])
+def test_bad_names(name: str) -> None:
+    assert name_problem(name)
+
+
+@given(st.text(max_size=80))
+def test_accepted_names_are_safe_path_components(name: str) -> None:
+    if name_problem(name) is None:
+        assert "/" not in name and ".." not in name and 0 < len(name) <= NAME_MAX
+        assert os.path.basename(name) == name and name not in (".", "..")
+
+
+@given(st.text(max_size=60))
+def test_accepted_upload_paths_stay_inside(path: str) -> None:
+    if upload_problem(path) is None:
+        assert os.path.normpath(os.path.join("/base", path)).startswith("/base/")
+
+
+# --- recipes ---------------------------------------------------------------------------
+
+
+def test_files_must_be_uploaded_and_relative() -> None:
+    text = "Bootstrap: scratch\n%files\n    data/* /opt/\n"
+    recipes.check_definition(text, "t.def", {"data/a.txt"})
+    with pytest.raises(UserError, match=r"^t\.def:3: %files: data/\*: not uploaded"):
+        recipes.check_definition(text, "t.def", set())
+    with pytest.raises(UserError, match=r"^t\.def:3: %files: /etc/passwd: the build service"):
+        recipes.check_definition("Bootstrap: scratch\n%files\n    /etc/passwd /x\n",
+                                 "t.def", set())
+    with pytest.raises(UserError, match=r"^t\.def:3: %files: \.\./x"):
+        recipes.check_definition("Bootstrap: scratch\n%files\n    ../x /x\n", "t.def", set())
+
+
+def test_bad_definition_is_file_line_message() -> None:
+    with pytest.raises(UserError, match=r"^bad\.def:3: "):
+        recipes.check_definition("Bootstrap: docker\nFrom: x\n%bogus\n", "bad.def",
+                                 set())
+
+
+def test_localimage_names_own_containers() -> None:
+    text = "Bootstrap: localimage\nFrom: base\n%post\n    true\n"
+    defn = recipes.check_definition(text, "l.def", set())
+    rewrites = recipes.localimage_rewrites(defn, "l.def", {"base": "/srv/1/image.sif"}.get)
+    assert recipes.rewrite_lines(text, rewrites).splitlines()[1] == "From: /srv/1/image.sif"
+    with pytest.raises(UserError, match=r"^l\.def:2: From: base: localimage must name"):
+        recipes.localimage_rewrites(defn, "l.def", {}.get)
+
+
+def test_base_specs() -> None:
+    assert recipes.base_spec("docker://reg:5000/debian:12", {}.get) == \
+        ("docker://reg:5000/debian:12", None)
+    _spec, text = recipes.base_spec("debootstrap://bookworm", {}.get)
+    assert text == "Bootstrap: debootstrap\nOSVersion: bookworm\n"
+    assert recipes.base_spec("mine", {"mine": "/srv/2/sandbox"}.get)[0] == "/srv/2/sandbox"
+    for bad in ("library://x", "theirs", "../x", "debootstrap://a b"):
+        with pytest.raises(UserError, match=r"^base "):
+            recipes.base_spec(bad, {}.get)
+
+
+# --- MUNGE and the queue rules ---------------------------------------------------------
+
+
+UNMUNGE = """STATUS:          Success (0)
+ENCODE_HOST:     localhost (127.0.0.1)
+TTL:             300
+UID:             alice (1001)
+GID:             users (100)
+LENGTH:          0
+"""
+
+
+def test_parse_unmunge() -> None:
+    assert auth.parse_unmunge(UNMUNGE) == auth.Decoded(1001, 100)
+    with pytest.raises(auth.AuthError):
+        auth.parse_unmunge("STATUS: Success (0)\n")
+
+
+def test_failure_reason_takes_the_builders_line() -> None:
+    log = "INFO: x\n+ false\nhpcstack: error: t.def:4: %post failed with exit status 3\n"
+    assert failure_reason(log, 1) == "t.def:4: %post failed with exit status 3"
+    assert failure_reason("noise\n", 9) == "build failed with exit status 9"
+
+
+def test_interrupted_builds_are_requeued_then_failed() -> None:
+    state, reason = interrupted_state(1, 2)
+    assert state is State.QUEUED and "re-queued (attempt 2 of 2)" in reason
+    state, reason = interrupted_state(2, 2)
+    assert state is State.FAILED and reason.startswith("interrupted:")
+
+
+# --- storage, over SQLite and PostgreSQL -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL cluster in a temp dir, run by an unprivileged account (trust auth)."""
+    initdb = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
+    pg_ctl = shutil.which("pg_ctl") or "/usr/lib/postgresql/15/bin/pg_ctl"
+    if not os.path.exists(initdb):
+        if os.environ.get("CI"):
+            pytest.fail("CI is missing PostgreSQL (initdb)")
+        pytest.skip("needs postgresql")
+    owner: User = _ensure_user("u2cb")
+    base = Path(tempfile.mkdtemp(prefix="u2cb-pg-"))  # pytest's tmp is 0700 root
+    base.chmod(0o755)
+    data, sock = base / "data", base / "sock"
+    subprocess.run(["chown", owner.name, str(base)], check=True)
+    owner.run(["mkdir", "-p", str(sock)], check=True)
+    owner.run([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+              check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    owner.run([pg_ctl, "-D", str(data), "-l", str(base / "pg.log"), "-w", "-o",
+               f"-p {port} -k {sock} -h 127.0.0.1", "start"], check=True, timeout=60)
+    yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    owner.run([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], timeout=60)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path: Path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'u2cb.db'}"
+    else:
+        url = request.getfixturevalue("postgres")
+    d = db.Database(url)
+    db.Base.metadata.drop_all(d.engine)
+    d.create_all()
+    yield d
+    d.dispose()
+
+
+def add(d: db.Database, uid: int, name: str, state: State = State.QUEUED,
+        usage: int = 0) -> int:
+    with d.session() as s:
+        row = db.ContainerRow(uid=uid, owner=f"u{uid}", name=name, kind=Kind.DEF.value,
+                              source="t.def", state=state.value, attempts=0, usage=usage)
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def test_storage_round_trip_and_isolation(database: db.Database) -> None:
+    add(database, 1001, "box", usage=100)
+    add(database, 1001, "img", State.READY, usage=50)
+    add(database, 1002, "box")
+    with database.session() as s:
+        assert [r.name for r in db.listing(s, 1001)] == ["box", "img"]
+        assert [r.name for r in db.listing(s, 1002)] == ["box"]
+        assert len(db.listing(s, None)) == 3
+        assert db.usage(s, 1001) == 150 and db.usage(s, 1003) == 0
+        model = db.find(s, 1001, "img").model()
+        assert model.state is State.READY and model.kind is Kind.DEF
+    if database.dialect == "sqlite":
+        with database.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_names_unique_per_owner(database: db.Database) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    add(database, 1001, "box")
+    with pytest.raises(IntegrityError):
+        add(database, 1001, "box")
+
+
+def test_claiming_a_queued_build_happens_once(database: db.Database) -> None:
+    """Two service instances racing for one queued build: exactly one wins."""
+    key = add(database, 1001, "box")
+    wins: list[int] = []
+
+    def claim() -> None:
+        with database.session() as s:
+            r = s.execute(update(db.ContainerRow)
+                          .where(db.ContainerRow.id == key,
+                                 db.ContainerRow.state == State.QUEUED.value)
+                          .values(state=State.RUNNING.value,
+                                  attempts=db.ContainerRow.attempts + 1))
+            wins.append(r.rowcount)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [0] * 7 + [1]
+    with database.session() as s:
+        assert db.running_count(s, 1001) == 1
+        assert s.get(db.ContainerRow, key).attempts == 1
+
+
+def test_tokens_are_stored_hashed(database: db.Database) -> None:
+    token = auth.issue_token(database, "alice", 1001, False)
+    with database.session() as s:
+        rows = s.query(db.TokenRow).all()
+    assert len(rows) == 1 and rows[0].digest != token
+    ident = auth.identify({"authorization": f"Bearer {token}"}, database, None, [])
+    assert (ident.user, ident.uid, ident.method) == ("alice", 1001, "token")
+    with pytest.raises(auth.AuthError):
+        auth.identify({"authorization": "Bearer nope"}, database, None, [])
+    with pytest.raises(auth.AuthError, match="no credential"):
+        auth.identify({}, database, None, [])
+
+
+def test_wal_survives_concurrent_writers(tmp_path: Path) -> None:
+    d = db.Database(f"sqlite:///{tmp_path / 'w.db'}")
+    d.create_all()
+    errors: list[Exception] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(20):
+                add(d, n, f"c{i}")
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and time.monotonic() - started < 60
+    with d.session() as s:
+        assert len(db.listing(s, None)) == 80
