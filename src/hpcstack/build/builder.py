@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hpcstack.build import agents, engines, fakeroot, pack
-from hpcstack.build.cache import BuildCache
+from hpcstack.build.cache import BuildCache, tree_size
 from hpcstack.build.plan import HostCopy, Plan
 from hpcstack.deffile import Definition, Stage, check, parse
 from hpcstack.errors import UserError
@@ -245,9 +245,5 @@ def build(spec: str, output: Path, options: BuildOptions) -> BuildResult:
                 publish_sif(plan, defn, output, children)
     finally:
         children.stop()
-    size = output.stat().st_size if output.is_file() else _tree_size(output)
+    size = output.stat().st_size if output.is_file() else tree_size(output)
     return BuildResult(output, size, time.monotonic() - started)
-
-
-def _tree_size(path: Path) -> int:
-    return sum(f.lstat().st_size for f in path.rglob("*") if not f.is_dir())
