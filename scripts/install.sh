@@ -37,6 +37,7 @@ PACKAGES=(
   lmod tcl slurm-wlm munge openmpi-bin     # container modules: Lmod (+ tclsh for modulecmd.tcl), Slurm + MUNGE, host MPI
   postgresql                              # U2CB: PostgreSQL for the storage tests (SQLite is the default)
   hpcc libopenblas0-serial                # hpcstack bench: HPC Challenge with OpenBLAS (the same build goes in its image)
+  ruby chromium chromium-driver           # studio tests: OOD's ERB (erb), headless Chromium for the Jupyter page
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -20,6 +20,7 @@ from rich.table import Table
 from hpcstack import __version__
 from hpcstack.cli.modules import app as modules_app
 from hpcstack.cli.serve import serve
+from hpcstack.cli.studio import app as studio_app
 from hpcstack.errors import UserError
 
 app = typer.Typer(help="Run an HPC center's software stack in containers.",
@@ -31,6 +32,7 @@ app.add_typer(def_app, name="def")
 app.add_typer(cache_app, name="cache")
 app.command("serve")(serve)
 app.add_typer(modules_app, name="modules")
+app.add_typer(studio_app, name="studio")
 
 out = Console()
 err = Console(stderr=True)
