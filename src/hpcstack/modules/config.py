@@ -24,9 +24,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hpcstack import yamlfile
 from hpcstack.errors import UserError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
@@ -159,34 +159,9 @@ class Site(_Strict):
                 defaults[app.name] = app.module
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, str) and ("[" in part or "(" in part):
-            continue  # pydantic's union member tags, e.g. "list[str]"
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def parse_site(text: str, where: str = "site file", base: Path | None = None) -> Site:
     """Parse and validate a site file; relative paths are taken from ``base``."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{where}{line}: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
-    try:
-        site = Site.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        msg = first["msg"].removeprefix("Value error, ")
-        raise UserError(f"{where}: {_loc(first['loc'])}: {msg}") from None
+    site = yamlfile.parse(text, Site, where, empty_ok=True)
     site.check_names(where)
     if base is not None:
         site = resolve_paths(site, base)
@@ -204,8 +179,4 @@ def resolve_paths(site: Site, base: Path) -> Site:
 
 
 def load_site(path: Path) -> Site:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    return parse_site(text, str(path), path.resolve().parent)
+    return parse_site(yamlfile.read(path), str(path), path.resolve().parent)

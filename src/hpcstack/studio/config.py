@@ -24,9 +24,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpcstack import yamlfile
 from hpcstack.errors import UserError
 from hpcstack.modules.config import Site, load_site
 
@@ -178,41 +178,14 @@ class Studio(_Strict):
         return [p for p in self.presets if app.presets is None or p.id in app.presets]
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, str) and ("[" in part or "(" in part):
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def parse_studio(text: str, where: str = "studio file") -> Studio:
     """Parse and validate a studio file (``FILE: apps[0].kind: message`` on error)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{where}{line}: {problem}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping of settings")
-    try:
-        return Studio.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        msg = first["msg"].removeprefix("Value error, ")
-        raise UserError(f"{where}: {_loc(first['loc'])}: {msg}") from None
+    return yamlfile.parse(text, Studio, where)
 
 
 def load_studio(path: Path) -> tuple[Studio, Site | None]:
     """The studio file with relative paths made absolute, and the modules site it names."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    studio = parse_studio(text, str(path))
+    studio = parse_studio(yamlfile.read(path), str(path))
     base = path.resolve().parent
     studio = _absolute(studio, base)
     site = load_site(Path(studio.modules)) if studio.modules else None
