@@ -1,0 +1,185 @@
+"""Building the catalog's images (I/O): through the builder, or as Slurm jobs.
+
+Each image's key is the SHA-256 of its rendered definition file and its
+base's key, so a change to a base rebuilds everything on it, and a change to
+one app rebuilds only that app.  ``OUT/state.json`` records the key each
+image was built from; an image whose key and file are unchanged is skipped.
+Recipes go to ``OUT/recipes/TAG.def``, images to ``OUT/TAG.sif``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcstack.catalog.expand import AppImage, BaseImage, Expanded
+from hpcstack.catalog.render import render_image
+from hpcstack.errors import UserError
+
+Image = BaseImage | AppImage
+
+
+@dataclass(frozen=True)
+class Step:
+    """One image to have: its recipe, its key, where it goes."""
+
+    image: Image
+    recipe: str
+    key: str
+    output: Path
+    needs: str | None  # the tag of the base it is built on
+
+    @property
+    def tag(self) -> str:
+        return self.image.tag
+
+
+@dataclass
+class Report:
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name next to ``path``, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _under(image: Image) -> BaseImage | None:
+    return image.base if isinstance(image, AppImage) else image.parent
+
+
+def select(expanded: Expanded, only: list[str] | None, arch: str | None) -> list[Image]:
+    """Images named in ``only`` (name or tag; all when empty) for ``arch``, with their bases."""
+    images = [i for i in expanded.images() if arch is None or i.arch == arch]
+    if only:
+        names = {getattr(i.spec, "name", ""): 0 for i in images} | {i.tag: 0 for i in images}
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise UserError(f"--only {unknown[0]}: no such base, app or tag"
+                            + (f" for {arch}" if arch else ""))
+        images = [i for i in images if i.tag in only or i.spec.name in only]
+    wanted: dict[str, Image] = {}
+    for image in images:
+        below = _under(image)
+        while below is not None:  # a base before what is built on it
+            wanted.setdefault(below.tag, below)
+            below = below.parent
+        wanted.setdefault(image.tag, image)
+    order = [i.tag for i in expanded.images()]
+    return sorted(wanted.values(), key=lambda i: order.index(i.tag))
+
+
+def plan(images: list[Image], out: Path) -> list[Step]:
+    """Recipes and keys, bases first (their keys go into what is built on them)."""
+    keys: dict[str, str] = {}
+    steps = []
+    for image in images:
+        recipe = render_image(image, "def", str(out)).text
+        below = _under(image)
+        base_key = keys.get(below.tag, "") if below else ""
+        key = hashlib.sha256(f"{recipe}\0{base_key}".encode()).hexdigest()
+        keys[image.tag] = key
+        steps.append(Step(image, recipe, key, out / f"{image.tag}.sif",
+                          below.tag if below else None))
+    return steps
+
+
+def read_state(out: Path) -> dict[str, dict]:
+    try:
+        return json.loads((out / "state.json").read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{out / 'state.json'}: unreadable ({exc})") from None
+
+
+def up_to_date(step: Step, state: dict[str, dict]) -> bool:
+    entry = state.get(step.tag)
+    return bool(entry) and entry.get("key") == step.key and step.output.exists()
+
+
+def host_arch() -> str:
+    machine = platform.machine()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def build_catalog(expanded: Expanded, out: Path, *, only: list[str] | None = None,
+                  arch: str | None = None, force: bool = False, run_test: bool = True,
+                  slurm: bool = False, say: Callable[[str], None] = print) -> Report:
+    """Build what changed, in order; record each success at once (an abort keeps them)."""
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    steps = plan(select(expanded, only, arch), out.resolve())
+    state = read_state(out)
+    todo = [s for s in steps if force or not up_to_date(s, state)]
+    report = Report(skipped=[s.tag for s in steps if s not in todo])
+    for s in steps:
+        write_atomic(out / "recipes" / f"{s.tag}.def", s.recipe)
+    if slurm:
+        _slurm(todo, out, run_test, state, report, say)
+    for step in [] if slurm else todo:
+        say(f"building {step.tag}")
+        size = _local(step, out, run_test)
+        _record(out, state, step, size, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _record(out: Path, state: dict[str, dict], step: Step, size: int, report: Report) -> None:
+    state[step.tag] = {"key": step.key, "image": str(step.output), "size": size,
+                       "built_at": time.time(), "base": step.needs}
+    write_atomic(out / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
+    report.built.append(step.tag)
+    report.sizes[step.tag] = size
+
+
+def _local(step: Step, out: Path, run_test: bool) -> int:
+    from hpcstack.build.builder import BuildOptions, build
+
+    result = build(str(out / "recipes" / f"{step.tag}.def"), step.output,
+                   BuildOptions(force=True, run_test=run_test, quiet=True))
+    return result.size
+
+
+def _slurm(todo: list[Step], out: Path, run_test: bool, state: dict[str, dict],
+           report: Report, say: Callable[[str], None]) -> None:
+    """One ``sbatch`` job per image, each depending on its base's job; then wait for all."""
+    from hpcstack.scheduler import submit, wait
+
+    jobs: dict[str, int] = {}
+    hpcstack = str(Path(sys.executable).with_name("hpcstack"))
+    for step in todo:
+        deffile = out / "recipes" / f"{step.tag}.def"
+        argv = [hpcstack, "build", "-q", "-F", *([] if run_test else ["-T"]),
+                str(step.output), str(deffile)]
+        script = out / "jobs" / f"{step.tag}.sh"
+        write_atomic(script, "#!/bin/sh\n#SBATCH --job-name=catalog\nexec "
+                     + shlex.join(argv) + "\n")
+        args = [f"--output={out / 'jobs' / step.tag}.log"]
+        if step.needs in jobs:
+            args.append(f"--dependency=afterok:{jobs[step.needs]}")
+        jobs[step.tag] = submit(script, cwd=out, args=args)
+        say(f"submitted {step.tag} as job {jobs[step.tag]}")
+    for step in todo:
+        result = wait(jobs[step.tag], timeout=24 * 3600)
+        if not result.ok or not step.output.exists():
+            raise UserError(f"{step.tag}: build job {jobs[step.tag]} failed "
+                            f"(see {out / 'jobs' / step.tag}.log)")
+        _record(out, state, step, step.output.stat().st_size, report)

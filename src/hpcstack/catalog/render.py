@@ -1,0 +1,129 @@
+"""Recipes for every image of the matrix: a Singularity definition and a Dockerfile.
+
+Two flavours: ``hpccm`` (from source, NVIDIA's building blocks, see
+:mod:`.hpccm_recipes`) and ``debian`` (Debian packages, from the Jinja2
+templates in ``templates/``; it builds offline).  Strings in an app's
+``source``, ``cmake_opts``, ``configure_opts`` and ``build`` may use
+``{{ cpu_target }}``, ``{{ cpu_flags }}``, ``{{ gpu_arch }}`` (``sm_80``),
+``{{ gpu_cc }}`` (``80``), ``{{ prefix }}``, ``{{ version }}``, ``{{ arch }}``.
+Pure: text in, text out; ``images`` is where base SIFs are (for
+``Bootstrap: localimage``) and ``registry`` where Dockerfiles find them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jinja2
+
+from hpcstack.catalog import hpccm_recipes
+from hpcstack.catalog.expand import AppImage, BaseImage
+from hpcstack.catalog.model import DEBIAN_SUITES
+
+FORMATS = ("def", "docker")
+FILENAMES = {"def": "{tag}.def", "docker": "{tag}.Dockerfile"}
+#: Debian packages a build stage needs for a compiler / an MPI (the runtime has neither).
+DEBIAN_DEV = {"gnu": ["gcc", "g++", "make", "libc6-dev"], "llvm": ["clang", "make"],
+              "openmpi": ["libopenmpi-dev"], "mpich": ["libmpich-dev"]}
+DEBIAN_RUNTIME = {"openmpi": ["openmpi-bin"], "mpich": ["mpich"]}
+
+_env = jinja2.Environment(loader=jinja2.PackageLoader("hpcstack.catalog", "templates"),
+                          undefined=jinja2.StrictUndefined, trim_blocks=True,
+                          lstrip_blocks=True, keep_trailing_newline=True)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    tag: str
+    fmt: str
+    text: str
+
+    @property
+    def filename(self) -> str:
+        return FILENAMES[self.fmt].format(tag=self.tag)
+
+
+def app_labels(app: AppImage) -> dict[str, str]:
+    """What an app image records about itself (read back by modules and ``catalog list``)."""
+    labels = {"hpcstack.tag": app.tag, "hpcstack.base": app.base.tag,
+              "hpcstack.arch": app.arch, "hpcstack.cpu_target": app.cpu_target,
+              "hpcstack.cpu_flags": app.cpu_flags}
+    if app.gpu_arch:
+        labels["hpcstack.gpu_arch"] = app.gpu_arch
+    if app.spec.commands:
+        labels["hpcstack.commands"] = " ".join(app.spec.commands)
+    labels["Version"] = app.spec.version
+    if app.spec.description:
+        labels["Description"] = app.spec.description
+    return labels
+
+
+def expander(app: AppImage) -> Callable[[str], str]:
+    """Renders ``{{ cpu_flags }}`` & co. in the app's strings; shell's ``${X}`` is left alone."""
+    values = {"cpu_target": app.cpu_target, "cpu_flags": app.cpu_flags,
+              "gpu_arch": app.gpu_arch or "", "gpu_cc": app.gpu_cc, "arch": app.arch,
+              "prefix": app.spec.prefix or f"/opt/{app.spec.name}", "name": app.spec.name,
+              "version": app.spec.version, "tag": app.tag}
+    strict = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return lambda text: strict.from_string(text).render(values) if "{{" in text else text
+
+
+# --- Debian flavour ---------------------------------------------------------------------
+
+
+def _debian_base(base: BaseImage, fmt: str, images: str, registry: str) -> str:
+    spec = base.spec
+    pkgs = [] if base.parent and "mpi" not in base.own else DEBIAN_RUNTIME.get(
+        spec.mpi.name if spec.mpi else "", [])
+    template = _env.get_template(f"base.{'def' if fmt == 'def' else 'Dockerfile'}.j2")
+    origin = base.parent.tag if base.parent else f"debian:{DEBIAN_SUITES[spec.os]}"
+    labels = {"hpcstack.tag": base.tag, "hpcstack.arch": base.arch, "hpcstack.base": origin}
+    return template.render(
+        tag=base.tag, parent=base.parent.tag if base.parent else None, images=images,
+        parent_ref=f"{registry}/{base.parent.tag}" if base.parent else "",
+        suite=DEBIAN_SUITES[spec.os], labels=labels,
+        packages=[*pkgs, *spec.packages, *spec.runtime_packages])
+
+
+def _debian_dev(base: BaseImage) -> list[str]:
+    spec = base.spec
+    return [*(DEBIAN_DEV[spec.compiler.name] if spec.compiler else []),
+            *(DEBIAN_DEV[spec.mpi.name] if spec.mpi else [])]
+
+
+def _debian_app(app: AppImage, fmt: str, images: str, registry: str) -> str:
+    spec, expand = app.spec, expander(app)
+    template = _env.get_template(f"app.{'def' if fmt == 'def' else 'Dockerfile'}.j2")
+    files = {path: base64.b64encode(text.encode()).decode() for path, text in spec.files.items()}
+    prefix = spec.prefix or f"/opt/{spec.name}"
+    dev = _debian_dev(app.base) if spec.build and spec.multistage else []
+    return template.render(
+        tag=app.tag, images=images, base=app.base.tag,
+        base_ref=f"{registry}/{app.base.tag}", multistage=spec.multistage,
+        build_packages=[*dev, *spec.packages], runtime_packages=list(spec.runtime_packages),
+        cflags=f"-O2 {app.cpu_flags}".strip(), prefix=prefix, files=files,
+        build=[expand(line) for line in spec.build], copy=spec.keep,
+        env={"PATH": f"{prefix}/bin:$PATH", **{k: expand(v) for k, v in spec.env.items()}},
+        labels=app_labels(app),
+        description=spec.description, tests=spec.tests)
+
+
+# --- both -------------------------------------------------------------------------------
+
+
+def render_image(image: BaseImage | AppImage, fmt: str, images: str,
+                 registry: str = "localhost/hpcstack") -> Recipe:
+    """One image's recipe in one format (``def`` or ``docker``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown recipe format {fmt!r}")
+    if isinstance(image, BaseImage):
+        text = (_debian_base(image, fmt, images, registry) if image.flavour == "debian"
+                else hpccm_recipes.render_base(image, fmt, images, registry))
+    elif image.flavour == "debian":
+        text = _debian_app(image, fmt, images, registry)
+    else:
+        text = hpccm_recipes.render_app(image, fmt, images, registry, app_labels(image),
+                                        expander(image))
+    return Recipe(image.tag, fmt, text)
