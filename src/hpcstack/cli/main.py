@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpcstack import __version__
+from hpcstack.cli.bench import bench
 from hpcstack.cli.catalog import app as catalog_app
 from hpcstack.cli.modules import app as modules_app
 from hpcstack.cli.serve import serve
@@ -34,6 +35,7 @@ app.add_typer(cache_app, name="cache")
 app.command("serve")(serve)
 app.add_typer(modules_app, name="modules")
 app.add_typer(catalog_app, name="catalog")
+app.command("bench")(bench)
 app.add_typer(studio_app, name="studio")
 
 out = Console()
