@@ -33,6 +33,7 @@ import httpx
 
 from hpcstack.client.api import Client, ClientConfig
 from hpcstack.client.transfer import download
+from hpcstack.files import sha256_file
 from hpcstack.service import auth, db, store
 from hpcstack.service.config import Settings
 from hpcstack.service.models import Kind, State
@@ -74,7 +75,7 @@ def seed(settings: Settings, uid: int, user: str, blob_mib: int) -> str:
         with paths.image.open("wb") as fh:
             for _ in range(blob_mib):
                 fh.write(os.urandom(1 << 20))
-        big.sha256 = store.sha256_file(paths.image)
+        big.sha256 = sha256_file(paths.image)
         big.size = paths.image.stat().st_size
     token = auth.issue_token(database, user, uid, False)
     database.dispose()

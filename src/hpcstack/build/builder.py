@@ -24,10 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hpcstack.build import agents, engines, fakeroot, pack
-from hpcstack.build.cache import BuildCache, tree_size
+from hpcstack.build.cache import BuildCache
 from hpcstack.build.plan import HostCopy, Plan
 from hpcstack.deffile import Definition, Stage, check, parse
 from hpcstack.errors import UserError
+from hpcstack.files import tree_size
 
 URI_AGENTS = {"docker": "docker", "docker-archive": "docker-archive", "oci": "oci",
               "oci-archive": "oci-archive"}

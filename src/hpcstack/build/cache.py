@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcstack.build.fakeroot import remove_tree
+from hpcstack.files import tree_size
 
 
 def cache_root() -> Path:
@@ -107,15 +108,3 @@ class BuildCache:
             if tmp.stat().st_mtime < time.time() - 86400:
                 remove_tree(tmp)
         return removed
-
-
-def tree_size(root: Path) -> int:
-    """Bytes under ``root``; parts only subordinate IDs can read are skipped."""
-    total = 0
-    for path, _, files in os.walk(root, onerror=lambda _: None):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(path, name)).st_size
-            except OSError:
-                continue
-    return total

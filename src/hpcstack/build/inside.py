@@ -21,11 +21,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hpcstack.build import layout
-from hpcstack.build.cache import tree_size
 from hpcstack.build.pack import mksquashfs_flags
 from hpcstack.build.plan import Plan, Source
 from hpcstack.deffile import Definition, Script, Stage, parse
 from hpcstack.errors import UserError
+from hpcstack.files import tree_size
 
 BUILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from pathlib import Path
 from hpcstack.catalog.expand import AppImage, BaseImage, Expanded
 from hpcstack.catalog.render import render_image
 from hpcstack.errors import UserError
+from hpcstack.files import write_atomic
 
 Image = BaseImage | AppImage
 
@@ -49,16 +48,6 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name next to ``path``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _under(image: Image) -> BaseImage | None:

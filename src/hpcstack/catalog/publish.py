@@ -12,9 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from hpcstack.catalog.build import read_state, select, write_atomic
+from hpcstack.catalog.build import read_state, select
 from hpcstack.catalog.expand import AppImage, Expanded
 from hpcstack.errors import UserError
+from hpcstack.files import write_atomic
 from hpcstack.modules import Report, deploy, parse_site
 
 

@@ -72,7 +72,7 @@ def render_cmd(catalog: CatalogOpt = DEFAULT_CATALOG,
                                                           "OUT)")] = None) -> None:
     """Write TAG.def and TAG.Dockerfile for every image of the matrix."""
     from hpcstack.catalog import render_image
-    from hpcstack.catalog.build import write_atomic
+    from hpcstack.files import write_atomic
 
     spec, expanded = _expanded(catalog)
     where = images or str(output.resolve())

@@ -20,6 +20,7 @@ from rich.table import Table
 from hpcstack import __version__
 from hpcstack.cli.bench import bench
 from hpcstack.cli.catalog import app as catalog_app
+from hpcstack.cli.entry import run_app
 from hpcstack.cli.modules import app as modules_app
 from hpcstack.cli.serve import serve
 from hpcstack.cli.studio import app as studio_app
@@ -211,22 +212,5 @@ def cache_prune(
 
 
 def main() -> None:
-    """Entry point: user errors as one line, Ctrl-C as status 130, never a traceback."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-
-    try:
-        status = app(standalone_mode=False)
-    except UserError as exc:
-        for line in str(exc).splitlines() or ["error"]:
-            print(f"hpcstack: error: {line}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        print("hpcstack: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except NoArgsIsHelpError as exc:
-        exc.show()
-        sys.exit(0)
-    except ClickException as exc:  # usage errors: click's own message and status 2
-        exc.show()
-        sys.exit(exc.exit_code)
-    sys.exit(status if isinstance(status, int) else 0)
+    """Entry point of ``hpcstack``."""
+    sys.exit(run_app(app, "hpcstack"))

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hpcstack.cli.entry import run_app
 from hpcstack.client.api import Client, load_config
 from hpcstack.errors import UserError
 from hpcstack.service.models import name_problem
@@ -268,42 +269,9 @@ def shell() -> None:
 
 def run_verb(argv: list[str]) -> int:
     """Run one u2cb command line in this process; its exit status (for the prompt)."""
-    from typer._click.exceptions import ClickException
-
-    try:
-        status = app(args=argv, standalone_mode=False)
-    except UserError as exc:
-        print(f"u2cb: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return exc.exit_code
-    except ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("u2cb: interrupted", file=sys.stderr)
-        return 130
-    return status if isinstance(status, int) else 0
+    return run_app(app, "u2cb", argv)
 
 
 def main() -> None:
-    """Entry point: user errors as one line, Ctrl-C as 130, never a traceback."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-
-    try:
-        status = app(standalone_mode=False)
-    except UserError as exc:
-        print(f"u2cb: error: {(str(exc).splitlines() or ['error'])[0]}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        print("u2cb: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except NoArgsIsHelpError as exc:
-        exc.show()
-        sys.exit(0)
-    except ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    sys.exit(status if isinstance(status, int) else 0)
+    """Entry point of ``u2cb``."""
+    sys.exit(run_app(app, "u2cb"))

@@ -27,14 +27,6 @@ from hpcstack.errors import UserError
 CHUNK = 1 << 20
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(client: Client, name: str, target: Path, quiet: bool = False) -> dict:
     """Fetch NAME's SIF to ``target``; returns the artifact (name, size, sha256)."""
     art = client.pack(name)

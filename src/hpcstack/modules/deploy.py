@@ -14,6 +14,7 @@ nothing); every file is written to a temporary name and renamed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpcstack.errors import UserError
+from hpcstack.files import sha256_file, write_atomic
 from hpcstack.modules import render
 from hpcstack.modules.config import App, Site
-from hpcstack.modules.image import inspect, sha256_file, tree_digest
+from hpcstack.modules.image import inspect, tree_digest
 from hpcstack.modules.render import ImageFacts, Layout, Module
 
 log = logging.getLogger("hpcstack.modules")
@@ -68,29 +70,6 @@ class Report:
 # --- files ------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with _quiet():
-            os.unlink(tmp)
-        raise
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, tb) -> bool:  # type: ignore[no-untyped-def]
-        return kind is not None and issubclass(kind, OSError)
-
-
 def read_state(layout: Layout) -> dict[str, Deployed]:
     path = Path(layout.state)
     if not path.exists():
@@ -108,7 +87,7 @@ def write_state(layout: Layout, state: dict[str, Deployed]) -> None:
 
 
 def _remove_file(path: Path) -> None:
-    with _quiet():
+    with contextlib.suppress(OSError):
         path.unlink()
     parent = path.parent
     while parent.name and parent != parent.parent:
@@ -135,7 +114,7 @@ def runtime_path(site: Site) -> str:
 def _host_commands() -> set[str]:
     names: set[str] = set()
     for d in ("/usr/bin", "/bin"):
-        with _quiet():
+        with contextlib.suppress(OSError):
             names.update(os.listdir(d))
     return names
 

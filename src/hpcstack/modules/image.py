@@ -13,19 +13,12 @@ import subprocess
 from pathlib import Path
 
 from hpcstack.errors import UserError
+from hpcstack.files import sha256_file
 from hpcstack.modules.render import META_EXEC, ImageFacts
 from hpcstack.runtime.cache import locate
 from hpcstack.runtime.sif import is_sif, read_sif
 
 HELP = ".singularity.d/runscript.help"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tree_digest(root: Path) -> str:

@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hpcstack import __version__
 from hpcstack.errors import UserError
+from hpcstack.files import sha256_file, tree_size, write_atomic
 from hpcstack.service import auth, db, recipes, store
 from hpcstack.service.config import Settings
 from hpcstack.service.executors import build_argv, make_executor
@@ -259,9 +260,9 @@ def add_routes(app: FastAPI, svc: Service) -> None:
         row = new_row(svc, me, me.uid, name, Kind.IMG, req.base)
         paths = svc.paths(row.id)
         if text is not None:
-            store.write_atomic(paths.defdir / "base.def", text.encode())
+            write_atomic(paths.defdir / "base.def", text.encode())
             spec = str(paths.defdir / "base.def")
-        store.write_atomic(paths.defdir / "spec", spec.encode())
+        write_atomic(paths.defdir / "spec", spec.encode())
         svc.scheduler.wake.set()
         return row.model()
 
@@ -300,9 +301,9 @@ def add_routes(app: FastAPI, svc: Service) -> None:
         row = await asyncio.to_thread(new_row, svc, me, me.uid, name, Kind.DEF, filename)
         where = svc.paths(row.id)
         for upload, rel in zip(files, paths, strict=True):
-            store.write_atomic(where.defdir / rel, await upload.read())
-        store.write_atomic(where.dir / "submitted.def", text_bytes)
-        store.write_atomic(where.defdir / filename,  # named as the user's, for messages
+            write_atomic(where.defdir / rel, await upload.read())
+        write_atomic(where.dir / "submitted.def", text_bytes)
+        write_atomic(where.defdir / filename,  # named as the user's, for messages
                            recipes.rewrite_lines(text, rewrites).encode())
         with svc.db.session() as s:
             r = s.get(db.ContainerRow, row.id)
@@ -461,11 +462,11 @@ def pack_sandbox(svc: Service, row: db.ContainerRow, p: store.Paths) -> None:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["packing failed"])[-1]
         raise ServiceError(409, f"{row.name}: cannot pack the sandbox: {last}")
-    store.write_atomic(p.dir / "packed.sif.sha256", store.sha256_file(p.packed).encode())
+    write_atomic(p.dir / "packed.sif.sha256", sha256_file(p.packed).encode())
     with svc.db.session() as s:
         r = s.get(db.ContainerRow, row.id)
         if r is not None:
-            r.usage = store.tree_size(p.dir)
+            r.usage = tree_size(p.dir)
 
 
 def dump(obj) -> str:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import update
 
+from hpcstack.files import sha256_file, tree_size
 from hpcstack.service import db, store
 from hpcstack.service.config import Settings
 from hpcstack.service.executors import Job, build_argv
@@ -215,15 +216,15 @@ class Scheduler:
             if row is None:
                 return
             if row.kind == Kind.DEF.value and paths.image.is_file():
-                row.sha256 = store.sha256_file(paths.image)
+                row.sha256 = sha256_file(paths.image)
                 row.size = paths.image.stat().st_size
             elif row.kind == Kind.IMG.value and paths.sandbox.is_dir():
-                row.size = store.tree_size(paths.sandbox)
+                row.size = tree_size(paths.sandbox)
             else:
                 row.state, row.reason = State.FAILED.value, "the build left no image"
                 row.finished = db.now()
                 return
-            row.usage = store.tree_size(paths.dir)
+            row.usage = tree_size(paths.dir)
             row.state, row.reason, row.finished, row.job = State.READY.value, None, \
                 db.now(), None
 
@@ -235,4 +236,4 @@ class Scheduler:
             row.state, row.reason, row.job = state.value, reason, None
             if finished:
                 row.finished = db.now()
-            row.usage = store.tree_size(store.Paths(self.settings.containers_dir(), key).dir)
+            row.usage = tree_size(store.Paths(self.settings.containers_dir(), key).dir)

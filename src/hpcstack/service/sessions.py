@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from hpcstack.build.session import session_argv
-from hpcstack.service import store
+from hpcstack.files import tree_size
 from hpcstack.service.models import ACTIVE, Kind, State
 
 if TYPE_CHECKING:
@@ -189,4 +189,4 @@ def update_usage(svc: Service, key: int) -> None:
     with svc.db.session() as s:
         r = s.get(db.ContainerRow, key)
         if r is not None:
-            r.usage = store.tree_size(svc.paths(key).dir)
+            r.usage = tree_size(svc.paths(key).dir)
