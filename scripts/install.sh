@@ -5,7 +5,7 @@
 # linked into /usr/local/bin. Idempotent: run it again after an update.
 #
 #   sudo ./scripts/install.sh           install
-#   sudo ./scripts/install.sh --demo    install, then build and run the example image
+#   sudo ./scripts/install.sh --demo    install, start the U2CB service, run the demo
 #                                       as an ordinary user
 set -euo pipefail
 
