@@ -335,7 +335,13 @@ def lmod_dir() -> Path | None:
 
 
 def spider_cache(layout: Layout) -> None:
-    """Build Lmod's system spider cache for ROOT/lmod and the lmodrc.lua that points at it."""
+    """Build Lmod's system spider cache for ROOT/lmod and the lmodrc.lua that points at it.
+
+    ``update_lmod_system_cache_files`` writes ``spiderT.lua`` and, with ``luac5.3``
+    present (Debian's lmod depends on lua5.3), ``spiderT.luac_5.3``, which Lmod reads
+    first. Even so, a cached ``module load`` in Lmod 8.6 costs about 15 us per module of
+    the tree (docs/modules.md, "Large trees").
+    """
     lmod = lmod_dir()
     if lmod is None:
         raise UserError("spider_cache: Lmod not found (looked in " + ", ".join(LMOD_DIRS) + ")")
