@@ -68,7 +68,7 @@ for m in etc/hosts etc/resolv.conf sys proc dev/shm dev/pts \
     umount --lazy $r/$m
 done
 echo "== SquashFS"
-# shellcheck disable=SC2086  # the benchmark passes hpcstack's own flags, word-split
+# shellcheck disable=SC2086  # the benchmark passes the builder flags, word-split
 mksquashfs $r img.sqfs -noappend ${MKSQUASHFS_COMP:--comp zstd} -no-progress -quiet
 echo "== remove rootfs"
 rm -rf --one-file-system $r
