@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.progress import (
@@ -25,6 +26,7 @@ from hpcstack.client.api import Client, check
 from hpcstack.errors import UserError
 
 CHUNK = 1 << 20
+HASH_BLOCK = 4 << 20
 
 
 def download(client: Client, name: str, target: Path, quiet: bool = False) -> dict:
@@ -69,8 +71,22 @@ def fetch(client: Client, name: str, part: Path, have: int, size: int, quiet: bo
                       disable=not show, transient=False) as progress, \
                 part.open("ab" if have else "wb") as fh:
             task = progress.add_task(f"{name}.sif", total=size, completed=have)
-            for block in resp.iter_bytes(CHUNK):
-                fh.write(block)
-                digest.update(block)
-                progress.update(task, advance=len(block))
+            # Write what arrives as it arrives; hash it in 4 MiB blocks in a second
+            # thread meanwhile (hashlib and file writes let go of the GIL).
+            with ThreadPoolExecutor(1) as hasher:
+                hashing, pieces, held = None, [], 0
+                for piece in resp.iter_raw():
+                    fh.write(piece)
+                    pieces.append(piece)
+                    held += len(piece)
+                    if held >= HASH_BLOCK:
+                        if hashing is not None:
+                            hashing.result()
+                        hashing = hasher.submit(digest.update, b"".join(pieces))
+                        progress.update(task, advance=held)
+                        pieces, held = [], 0
+                if hashing is not None:
+                    hashing.result()
+                digest.update(b"".join(pieces))
+                progress.update(task, advance=held)
     return digest
