@@ -500,22 +500,37 @@ def test_sigint_during_post_leaves_nothing(user: User, hello: Path) -> None:
 
 
 def test_setup_writes_the_image_but_not_the_host(user: User, hello: Path) -> None:
-    """%setup runs as fake root with $APPTAINER_ROOTFS set and the host read-only."""
+    """%setup runs as fake root with $APPTAINER_ROOTFS set and the host read-only.
+
+    Read-only everywhere: on the root filesystem (the home here) and on a
+    filesystem mounted on its own, as /home, /tmp or a scratch area often is.
+    """
     work = user.workdir("setup")
-    put(user, work / "setup.def", f"""Bootstrap: localimage
+    scratch = work / "scratch"
+    user.run(["rm", "-f", str(user.home / "setup-was-here")], check=True)
+    user.run(["mkdir", str(scratch)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"uid={user.uid},gid={user.gid}", "tmpfs",
+                    str(scratch)], check=True)
+    try:
+        put(user, work / "setup.def", f"""Bootstrap: localimage
 From: {hello}
 
 %setup
     echo "$SINGULARITY_ROOTFS" > "$APPTAINER_ROOTFS/rootfs-path"
-    touch {user.home}/setup-was-here && echo wrote-home > "$APPTAINER_ROOTFS/home-result" || true
+    for f in {user.home}/setup-was-here {scratch}/setup-was-here; do
+        touch $f && echo $f >> "$APPTAINER_ROOTFS/written" || true
+    done
     test "$(id -u)" = 0
 """)
-    user.hpcstack("build", "setup.sif", "setup.def", cwd=work, check=True)
-    proc = user.hpcstack("exec", str(work / "setup.sif"), "sh", "-c",
-                         "cat /rootfs-path; ls /home-result 2>&1 || true", check=True)
-    assert proc.stdout.splitlines()[0].endswith("/rootfs")
-    assert "No such file" in proc.stdout
-    assert not (user.home / "setup-was-here").exists()
+        user.hpcstack("build", "setup.sif", "setup.def", cwd=work, check=True)
+        proc = user.hpcstack("exec", str(work / "setup.sif"), "sh", "-c",
+                             "cat /rootfs-path; cat /written 2>&1 || true", check=True)
+        assert proc.stdout.splitlines()[0].endswith("/rootfs")
+        assert "No such file" in proc.stdout
+        assert not (user.home / "setup-was-here").exists()
+        assert not (scratch / "setup-was-here").exists()
+    finally:
+        subprocess.run(["umount", str(scratch)], check=True)
 
 
 def test_failing_test_section_and_notest(user: User, hello: Path) -> None:

@@ -11,6 +11,7 @@ as one line to the plan's error file and ends the process with status 1.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import shutil
@@ -73,18 +74,42 @@ def in_root(rootfs: str, path: str) -> str:
 # --- confinement and mounts ------------------------------------------------------------
 
 
+class MountAttr(ctypes.Structure):
+    """``struct mount_attr`` of ``mount_setattr(2)``."""
+
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture (Linux 5.12+)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+
+
+def set_read_only(path: str, read_only: bool, *, recursive: bool) -> bool:
+    """Flip the read-only flag of the mount at ``path`` (and every mount below it)."""
+    attr = MountAttr(attr_set=MOUNT_ATTR_RDONLY if read_only else 0,
+                     attr_clr=0 if read_only else MOUNT_ATTR_RDONLY)
+    libc = ctypes.CDLL(None, use_errno=True)
+    flags = AT_RECURSIVE if recursive else 0
+    return libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags,
+                        ctypes.byref(attr), ctypes.sizeof(attr)) == 0
+
+
 def confine_host(workdir: str) -> bool:
-    """Make the host filesystem read-only except the build's own directory.
+    """Make every host filesystem read-only except the build's own directory.
 
     ``%setup`` runs outside the image (as in Apptainer) but here as fake root in
     this namespace: it can write only under the work directory, never to the
-    user's files.  Returns whether the read-only remount worked.
+    user's files — whether ``/home``, ``/tmp`` or a scratch filesystem is a
+    mount of its own or not.  Returns whether the read-only remount worked.
     """
+    if not set_read_only("/", True, recursive=True):
+        return False
     mount("--bind", workdir, workdir)
-    done = subprocess.run(["mount", "-o", "remount,bind,ro", "/"],
-                          capture_output=True, check=False).returncode == 0
-    os.chdir(workdir)  # the old cwd belongs to the now read-only mount
-    return done
+    os.chdir(workdir)  # the old cwd belongs to a now read-only mount
+    return set_read_only(workdir, False, recursive=False)
 
 
 @contextlib.contextmanager
