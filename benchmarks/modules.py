@@ -14,7 +14,9 @@ Figures (medians over interleaved rounds; ratios; never fails on a timing):
 3. ``module load X`` latency with N modules and with 1 (target: load(N)/load(1) <= 1.2),
    once walking the tree (no cache) and once from Lmod's system spider cache with
    ``LMOD_CACHED_LOADS=yes``; each ratio compares two trees set up and measured the same
-   way (the 1-module tree gets its own spider cache too);
+   way (the 1-module tree gets its own spider cache too); and the same load of our Tcl
+   modulefiles with Environment Modules' ``modulecmd.tcl`` (``HPCSTACK_MODULECMD_TCL``, or
+   the installed one), which looks the module up by name instead of walking the tree;
 4. wrapper overhead per call against calling ``ch-run`` directly (target < 1 ms), and
    whether each style works from ``env``, ``xargs``, ``subprocess`` and ``bash -c``.
 
@@ -37,7 +39,7 @@ import time
 from pathlib import Path
 
 from hpcstack.modules import deploy, parse_site
-from hpcstack.modules.deploy import lmod_dir, spider_cache
+from hpcstack.modules.deploy import lmod_dir, spider_cache, tcl_modulecmd
 from hpcstack.modules.render import Layout
 
 CENTER_LUA = """\
@@ -55,7 +57,7 @@ CENTER_FN = ('set_shell_function("{cmd}", singularity .. " exec " .. image .. " 
 
 
 def site_text(root: Path, image: Path, n: int) -> str:
-    lines = [f"root: {root}", "module_system: lmod", "apps:"]
+    lines = [f"root: {root}", "module_system: both", "apps:"]
     lines += [f"  - {{name: app{i:04d}, version: '1.0', image: {image}, "
               f"commands: [app{i:04d}-a, app{i:04d}-b, app{i:04d}-c]}}" for i in range(n)]
     lines += [f"  - {{name: probe, version: '1.0', image: {image}, commands: ['true']}}"]
@@ -183,6 +185,11 @@ def main() -> None:
             for count in (n, 1):
                 loads[f"{style}-{count}-cache"] = ([lmod_cmd, "bash", "load", "probe/1.0"],
                                                    env_for(style, count, True))
+        tcl = tcl_modulecmd()
+        if tcl:
+            for count in (n, 1):
+                loads[f"tcl-{count}"] = ([*tcl, "bash", "load", "probe/1.0"],
+                                         dict(base_env, MODULEPATH=f"{trees[('ours', count)]}/tcl"))
         ld = interleaved(loads, args.rounds, no_user_cache)
         m = {k: med(v) * 1e3 for k, v in ld.items()}
 
@@ -196,6 +203,9 @@ def main() -> None:
         rows.append(("module load X (N / 1), spider cache + LMOD_CACHED_LOADS",
                      f"{ratio('ours', '-cache')} ({cache_note})", ratio("center", "-cache"),
                      "target <= 1.2x"))
+        rows.append(("module load X (N / 1), Environment Modules (Tcl)",
+                     ratio("tcl", "") if tcl else "modulecmd.tcl not found "
+                     "(set HPCSTACK_MODULECMD_TCL)", "-", "target <= 1.2x"))
 
         # 4. wrapper overhead: the wrapper against its own ch-run line run directly
         wrapper = trees[("ours", n)] / "bin" / "probe" / "1.0" / "true"

@@ -366,7 +366,7 @@ def spider_cache(layout: Layout) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _tcl_modulecmd() -> list[str] | None:
+def tcl_modulecmd() -> list[str] | None:
     cmd = os.environ.get("HPCSTACK_MODULECMD_TCL")
     if cmd:
         return cmd.split()
@@ -385,7 +385,7 @@ def load_error(system: str, modulepath: str, module: str) -> str | None:
             return "Lmod not found"
         argv = [str(lmod / "libexec" / "lmod"), "bash", "load", module]
     else:
-        tcl = _tcl_modulecmd()
+        tcl = tcl_modulecmd()
         if tcl is None:
             return "Environment Modules' modulecmd.tcl not found (set HPCSTACK_MODULECMD_TCL)"
         argv = [*tcl, "bash", "load", module]
@@ -432,7 +432,7 @@ def check(site: Site, load: bool = True) -> list[Problem]:
             continue
         systems = {"lmod": ["lmod"], "tcl": ["tcl"], "both": ["lmod", "tcl"]}[site.module_system]
         # A module system that is not installed here cannot be asked (only that one).
-        available = {"lmod": lmod_dir() is not None, "tcl": _tcl_modulecmd() is not None}
+        available = {"lmod": lmod_dir() is not None, "tcl": tcl_modulecmd() is not None}
         if site.module_system != "both":
             available = {k: True for k in available}
         for system in (s for s in systems if available[s]):
