@@ -624,6 +624,42 @@ def test_concurrent_first_runs_extract_once(
 
 
 @pytest.mark.integration
+def test_copies_of_replaced_images_go_unless_in_use(
+    user: User, image: Image, scratch: Callable[[str], Path]
+) -> None:
+    """A rebuilt image's old copy is removed by the next extraction, except while a
+    container still runs from it; ``hpcstack cache prune`` then removes every unused copy."""
+    cache, work = scratch("cache"), scratch("replaced")
+    env = {"XDG_CACHE_HOME": str(cache), "HPCSTACK_RUNTIME": "charliecloud"}
+    sif = work / "app.sif"
+    user.run(["cp", str(image.sif), str(sif)], check=True)
+    assert hpc(user, {"image": sif, "args": ["true"]}, cache=cache).returncode == 0
+    [first] = extracted(cache)
+    running = subprocess.Popen(  # through the CLI: hpcstack exec becomes the container
+        user.argv([str(HPCSTACK_PREFIX / "bin" / "hpcstack"), "exec", str(sif), "sh", "-c",
+                   "echo up; read line"], user.env(**env)),
+        cwd=user.home, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert running.stdout.readline() == "up\n"
+        user.run(["touch", "-d", "1 minute", str(sif)], check=True)  # "rebuilt"
+        assert hpc(user, {"image": sif, "args": ["true"]}, cache=cache).returncode == 0
+        assert len(extracted(cache)) == 2 and first in extracted(cache)  # in use: kept
+    finally:
+        running.communicate("done\n", timeout=60)
+    assert running.returncode == 0
+    user.run(["touch", "-d", "2 minutes", str(sif)], check=True)
+    assert hpc(user, {"image": sif, "args": ["true"]}, cache=cache).returncode == 0
+    [third] = extracted(cache)  # both earlier copies went: their image changed
+    assert third not in (first,) and third.name.endswith(str(sif.stat().st_mtime_ns))
+    listed = json.loads(user.hpcstack("cache", "list", "--json", env=env, check=True).stdout)
+    assert [(e["kind"], e["source"]) for e in listed] == [("image", str(sif))]
+    assert listed[0]["size"] > 0
+    pruned = user.hpcstack("cache", "prune", env=env, check=True)
+    assert "Removed 1 entries" in pruned.stderr
+    assert extracted(cache) == []
+
+
+@pytest.mark.integration
 def test_plain_directory_and_bare_squashfs(user: User, image: Image, shared_cache: Path) -> None:
     """No /.singularity.d: the command runs directly; a .sqfs file is extracted like a SIF."""
     show = ["sh", "-c", 'echo "${HPCSTACK_IMAGE_VAR:-unset} $PWD"']

@@ -8,6 +8,7 @@ non-zero; Ctrl-C exits 130 and leaves nothing behind.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -180,21 +181,23 @@ def shell(ctx: typer.Context, image: Path, runtime: RuntimeOpt = None, bind: Bin
 
 @cache_app.command("list")
 def cache_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Bootstrap results kept for reuse."""
+    """Bootstrap results kept for reuse, and images extracted to run them."""
     from datetime import datetime
 
     from hpcstack.build.cache import BuildCache
+    from hpcstack.runtime.cache import cache_dir, copies
 
-    entries = list(BuildCache().entries())
+    rows = [{"kind": e.kind, "key": e.key, "source": e.source, "size": e.size,
+             "created": e.created, "last_used": e.last_used} for e in BuildCache().entries()]
+    rows += [{"kind": "image", "key": c.key, "source": c.image, "size": c.size,
+              "last_used": c.last_used} for c in copies(cache_dir(os.environ))]
     if as_json:
-        print(json.dumps([{"kind": e.kind, "key": e.key, "source": e.source, "size": e.size,
-                           "created": e.created, "last_used": e.last_used} for e in entries],
-                         indent=2))
+        print(json.dumps(rows, indent=2))
         return
     table = Table("kind", "key", "source", "size", "last used")
-    for e in entries:
-        used = datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
-        table.add_row(e.kind, e.key[:12], e.source, _human(e.size), used)
+    for r in rows:
+        used = datetime.fromtimestamp(r["last_used"]).strftime("%Y-%m-%d %H:%M")
+        table.add_row(r["kind"], r["key"][:12], r["source"], _human(r["size"]), used)
     out.print(table)
 
 
@@ -203,12 +206,15 @@ def cache_prune(
     older_than: Annotated[float | None, typer.Option(
         "--older-than", help="Only entries unused for this many days.")] = None,
 ) -> None:
-    """Remove cached bootstrap results."""
+    """Remove cached bootstrap results and extracted images no container is running."""
     from hpcstack.build.cache import BuildCache
+    from hpcstack.runtime.cache import cache_dir, prune_copies
 
     removed = BuildCache().prune(older_than)
     freed = sum(e.size for e in removed)
-    err.print(f"Removed {len(removed)} entries ({_human(freed)})")
+    gone = prune_copies(cache_dir(os.environ), older_than)
+    freed += sum(c.size for c in gone)
+    err.print(f"Removed {len(removed) + len(gone)} entries ({_human(freed)})")
 
 
 def main() -> None:

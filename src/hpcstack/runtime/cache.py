@@ -10,11 +10,19 @@ Extraction goes to a temporary directory beside the target and is renamed into
 place, under an exclusive ``flock``: concurrent first runs (an ``srun`` of many
 ranks) extract once, and a crash never leaves a half-filled directory that later
 runs would trust.
+
+A user who rebuilds an image every hour must not fill the home quota with old
+copies.  Beside each copy ``.<key>.source`` names the image it came from, and
+every container holds a shared ``flock`` on ``.<key>.lock`` for as long as it
+runs (the descriptor survives ``exec``).  A new extraction removes the copies
+whose image has since been replaced or deleted and that no container is using;
+``hpcstack cache prune`` removes every unused copy.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -22,12 +30,14 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpcstack.errors import UserError
+from hpcstack.files import tree_size, write_atomic
 from hpcstack.runtime.base import Mountpoint
 from hpcstack.runtime.sif import FsType, is_sif, read_sif
 
@@ -95,6 +105,107 @@ def extract(squash: Squash, dest: Path) -> Path:
         finally:
             remove_tree(tmp)
     return dest
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One extracted image in a user's cache."""
+
+    key: str
+    path: Path
+    image: str
+    last_used: float
+
+    @functools.cached_property
+    def size(self) -> int:
+        return tree_size(self.path)
+
+
+def prepare_copy(squash: Squash, root: Path) -> Path:
+    """The copy of ``squash`` under ``root``, extracted if needed and held while we run.
+
+    When it had to be extracted, the copies of images since replaced or deleted
+    go (those no container is using).
+    """
+    dest = root / squash.key
+    fresh = not dest.is_dir()
+    extract(squash, dest)
+    _hold(dest)
+    _note_source(dest, squash.path)
+    if fresh:
+        for copy in copies(root):
+            if copy.key != squash.key and not _current(copy):
+                remove_unused(copy)
+    return dest
+
+
+def copies(root: Path) -> list[Copy]:
+    """The copies under ``root`` that know their image (every copy this version made)."""
+    found = []
+    for source in sorted(root.glob(".*.source")):
+        key = source.name[1:-len(".source")]
+        if (root / key).is_dir():
+            found.append(Copy(key, root / key, source.read_text().strip(),
+                              source.stat().st_mtime))
+    return found
+
+
+def remove_unused(copy: Copy) -> bool:
+    """Delete ``copy`` unless a container holds it; whether it was deleted."""
+    fd = os.open(copy.path.parent / f".{copy.key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        _source_file(copy.path).unlink(missing_ok=True)
+        remove_tree(copy.path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def prune_copies(root: Path, older_than_days: float | None = None) -> list[Copy]:
+    """Remove every unused copy, or those unused for ``older_than_days``; return them."""
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    removed = []
+    for copy in copies(root):
+        if cutoff is None or copy.last_used < cutoff:
+            _ = copy.size  # measured while it is still there
+            if remove_unused(copy):
+                removed.append(copy)
+    return removed
+
+
+def _source_file(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.source"
+
+
+def _note_source(dest: Path, image: Path) -> None:
+    """Record which image ``dest`` came from; its mtime says when it was last used."""
+    source, text = _source_file(dest), f"{image.absolute()}\n"
+    try:
+        if source.read_text() == text:
+            os.utime(source)
+            return
+    except OSError:
+        pass
+    write_atomic(source, text)
+
+
+def _hold(dest: Path) -> None:
+    """A shared lock on the copy, inherited by the container this process becomes."""
+    fd = os.open(dest.parent / f".{dest.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    os.set_inheritable(fd, True)  # never closed: it lives as long as the container
+
+
+def _current(copy: Copy) -> bool:
+    """Whether ``copy`` is still what its image holds."""
+    try:
+        return locate(Path(copy.image)).key == copy.key
+    except UserError:  # deleted, unreadable or no longer an image
+        return False
 
 
 def make_mountpoints(root: Path, mountpoints: list[Mountpoint]) -> None:

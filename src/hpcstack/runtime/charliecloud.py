@@ -69,7 +69,7 @@ from typing import Literal
 
 from hpcstack.errors import UserError
 from hpcstack.runtime.base import Launch, Mountpoint, Plan, Runtime
-from hpcstack.runtime.cache import cache_dir, extract, locate, make_mountpoints
+from hpcstack.runtime.cache import cache_dir, locate, make_mountpoints, prepare_copy
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 META = PurePosixPath("/.singularity.d")
@@ -104,8 +104,7 @@ class Charliecloud(Runtime):
         image = Path(os.path.abspath(image))
         if image.is_dir():
             return image
-        squash = locate(image)
-        return extract(squash, cache_dir(self.environ) / squash.key)
+        return prepare_copy(locate(image), cache_dir(self.environ))
 
     def command(self, launch: Launch) -> Plan:
         plan = super().command(launch)
