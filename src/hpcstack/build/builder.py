@@ -228,8 +228,7 @@ def build(spec: str, output: Path, options: BuildOptions) -> BuildResult:
     ctx = agents.Context(deffile=name, cache=options.cache,
                          docker_cert_dir=options.docker_cert_dir,
                          docker_insecure=options.docker_insecure, quiet=options.quiet,
-                         run=lambda argv, env=None: children.run(argv, what=argv[0],
-                                                                 env=env))
+                         run=children.run)
     try:
         host_files = [host_copies(name, stage) for stage in defn.stages]
         with workdir(options) as work:

@@ -5,7 +5,7 @@ image pulled by digest, is fetched once and reused by every later build::
 
     ~/.cache/hpcstack/build/<kind>/<sha256 key>/
         meta.json     what it is (kind, source, created, last used)
-        ...           the payload (rootfs.tar, an OCI layout, ...)
+        ...           the payload (a root filesystem tree, an OCI layout, ...)
         rootfs/       the payload unpacked by a build's fake root (subordinate-ID
                       owners): later builds overlay it instead of unpacking again
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -83,7 +82,7 @@ class BuildCache:
                 if not (final / "meta.json").is_file():  # lost a race only if the other won
                     raise
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)  # what an interrupted fill left, subordinate-ID owners too
         return final
 
     def entries(self) -> Iterator[Entry]:

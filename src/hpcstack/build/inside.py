@@ -172,9 +172,6 @@ def unpack(source: Source, rootfs: str) -> None:
     """Unpack the stage's bootstrap source into the (empty) directory ``rootfs``."""
     os.makedirs(rootfs, exist_ok=True)
     match source.kind:
-        case "tar":
-            sh(["tar", "-xf", source.path, "-C", rootfs, "--exclude=./dev/*",
-                "--numeric-owner"])
         case "oci":
             sh(["umoci", "--log", "error", "raw", "unpack",
                 "--image", f"{source.path}:{source.ref}", rootfs],
@@ -193,7 +190,8 @@ def unpack_tree(source: Source) -> None:
     """Unpack a cached bootstrap into the cache once, as fake root so its IDs are right.
 
     Later builds mount it as the read-only lower layer of an overlay instead of
-    unpacking the tarball again: a warm build starts in milliseconds.
+    unpacking again: a warm build starts in milliseconds.  (A debootstrap is
+    written as a tree in the first place; OCI layers are unpacked here.)
     """
     if not source.tree or os.path.isdir(source.tree):
         return

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-SourceKind = Literal["tar", "oci", "sif", "dir", "empty"]
+SourceKind = Literal["oci", "sif", "dir", "empty"]
 Compression = Literal["zstd", "gzip", "xz", "lz4", "lzo"]
 
 
