@@ -129,6 +129,21 @@ def repo() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session")
+def cluster():  # type: ignore[no-untyped-def]
+    """A real single-node Slurm with its own MUNGE (``tests/slurm.py``), started once."""
+    import slurm
+
+    if os.geteuid() != 0:
+        pytest.skip("starting slurmctld/slurmd needs root")
+    need("munged", "slurmctld", "slurmd", "sbatch", "srun")
+    running = slurm.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
 def need(*tools: str) -> None:
     """Skip unless every tool is on PATH (CI installs them all; a skip there is a bug)."""
     missing = [t for t in tools if shutil.which(t) is None]

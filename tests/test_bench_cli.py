@@ -69,3 +69,19 @@ def test_table_and_chart(result: tuple[dict, bytes, str]) -> None:
     for words in ("HPL Gflop/s", "STREAM Triad GB/s", "ch-run/bare", "module/bare",
                   stats.FEW):
         assert words in stdout
+
+
+def test_partition_runs_the_benchmark_as_a_slurm_job(user: User, result: tuple[dict, bytes, str],
+                                                     cluster) -> None:  # type: ignore[no-untyped-def]
+    """``--partition``: a batch job on the real single-node Slurm runs the same benchmark
+    (the image built for ``result`` is reused from the cache) and its JSON comes back."""
+    work = user.workdir("bench-slurm")
+    proc = user.hpcstack("bench", "--quick", "--rounds", "1", "--partition", "debug",
+                         "--json", "bench.json", cwd=work, env=cluster.env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:] + cluster.logs()
+    doc = json.loads((work / "bench.json").read_text())
+    assert doc["partition"] == "debug" and doc["job"] > 0
+    assert set(doc) - {"partition", "job"} == set(result[0])
+    assert doc["modes"] == MODES and len(doc["rounds"]) == 1 and doc["ranks"] == 1
+    info = cluster.client("scontrol", "show", "job", "-o", str(doc["job"])).stdout
+    assert "JobState=COMPLETED" in info and "Partition=debug" in info, info

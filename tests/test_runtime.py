@@ -17,7 +17,6 @@ import io
 import json
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -579,21 +578,15 @@ def test_second_launch_reuses_the_extracted_copy(
     key = f"{read_sif(image.sif).id}-{image.sif.stat().st_mtime_ns}"
     stale = cache / "hpcstack" / "images" / f".{key}.killed"
     user.run(["mkdir", "-p", str(stale / "root" / "usr")], check=True)
-    start = time.monotonic()
     first = hpc(user, {"image": image.sif, "args": ["true"]}, cache=cache)
-    first_s = time.monotonic() - start
     assert first.returncode == 0, first.stderr
     assert [p.name for p in extracted(cache)] == [key]
     assert not stale.exists()
     root = extracted(cache)[0]
     user.run(["touch", str(root / "hpcstack-marker")], check=True)
-    start = time.monotonic()
     second = hpc(user, {"image": image.sif, "args": ["ls", "/hpcstack-marker"]}, cache=cache)
-    second_s = time.monotonic() - start
     assert (second.returncode, second.stdout) == (0, "/hpcstack-marker\n"), second.stderr
-    assert extracted(cache) == [root]
-    print(f"first launch {first_s:.2f} s (extracts), second {second_s:.2f} s (reuses)")
-    assert second_s < 30  # python start-up plus ch-run; never a tight timing in a test
+    assert extracted(cache) == [root]  # the same copy, marker and all: nothing extracted
 
 
 @pytest.mark.integration

@@ -11,19 +11,10 @@ import json
 
 import pytest
 
-import slurm
-from conftest import User, need
+from conftest import User
 from test_service import SCRATCH_DEF, Service, account, data_dir, munge, put  # noqa: F401
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    need("slurmctld", "slurmd", "sbatch", "munged")
-    c = slurm.start()
-    yield c
-    c.stop()
 
 
 def test_definition_built_as_a_slurm_job(cluster, account: User, munge,  # noqa: F811

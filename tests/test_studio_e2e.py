@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -111,18 +110,6 @@ def browse(view: Path, screenshot: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[slurm_fixture.Slurm]:
-    if os.geteuid() != 0:
-        pytest.skip("starting slurmctld/slurmd needs root")
-    need("munged", "slurmctld", "slurmd", "sbatch", "ruby", "curl")
-    running = slurm_fixture.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
 def jupyter_app(user: User) -> tuple[Path, Path]:
     """The Jupyter image built by hpcstack as the user, and the app generated for it."""
     work = user.workdir("studio")
@@ -162,7 +149,7 @@ def _wait_for_connection(staged: Path, start: float, limit: float, log: Path) ->
 
 def test_jupyter_under_slurm_with_password_and_browser(
         user: User, cluster: slurm_fixture.Slurm, jupyter_app: tuple[Path, Path]) -> None:
-    need("chromium", "chromedriver")
+    need("chromium", "chromedriver", "ruby", "curl")
     work, app = jupyter_app
     staged = work / "session"
     notebooks = user.workdir("studio-notebooks")

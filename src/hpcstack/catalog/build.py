@@ -153,6 +153,7 @@ def _slurm(todo: list[Step], out: Path, run_test: bool, state: dict[str, dict],
     from hpcstack.scheduler import submit, wait
 
     jobs: dict[str, int] = {}
+    out = out.resolve()  # the jobs run in it, and Slurm resolves --output from there
     hpcstack = str(Path(sys.executable).with_name("hpcstack"))
     for step in todo:
         deffile = out / "recipes" / f"{step.tag}.def"
