@@ -228,7 +228,7 @@ def test_claiming_a_queued_build_happens_once(database: db.Database) -> None:
 
 
 def test_tokens_are_stored_hashed(database: db.Database) -> None:
-    token = auth.issue_token(database, "alice", 1001, False)
+    token, _ = auth.issue_token(database, "alice", 1001, False)
     with database.session() as s:
         rows = s.query(db.TokenRow).all()
     assert len(rows) == 1 and rows[0].digest != token
@@ -238,6 +238,21 @@ def test_tokens_are_stored_hashed(database: db.Database) -> None:
         auth.identify({"authorization": "Bearer nope"}, database, None, [])
     with pytest.raises(auth.AuthError, match="no credential"):
         auth.identify({}, database, None, [])
+
+
+def test_revoked_token_is_refused_at_once(database: db.Database) -> None:
+    token, info = auth.issue_token(database, "alice", 1001, False)
+    kept, kept_info = auth.issue_token(database, "portal", 1002, True)
+    assert {t.id for t in auth.list_tokens(database)} == {info.id, kept_info.id}
+    assert token not in repr(auth.list_tokens(database))
+    assert not auth.revoke_token(database, "not-an-id")
+    assert not auth.revoke_token(database, info.id[::-1] if info.id[::-1] != info.id else "f" * 12)
+    assert auth.revoke_token(database, info.id)
+    with pytest.raises(auth.AuthError, match="revoked"):
+        auth.identify({"authorization": f"Bearer {token}"}, database, None, [])
+    ident = auth.identify({"authorization": f"Bearer {kept}"}, database, None, [])
+    assert (ident.user, ident.admin) == ("portal", True)
+    assert [t.id for t in auth.list_tokens(database)] == [kept_info.id]
 
 
 def test_wal_survives_concurrent_writers(tmp_path: Path) -> None:

@@ -128,6 +128,15 @@ class Client:
     def pack(self, name: str) -> dict:
         return self.request("POST", f"/containers/{name}/pack").json()
 
+    def issue_token(self, user: str, admin: bool) -> dict:
+        return self.request("POST", "/tokens", json={"user": user, "admin": admin}).json()
+
+    def tokens(self) -> list[dict]:
+        return self.request("GET", "/tokens").json()["tokens"]
+
+    def revoke_token(self, token_id: str) -> None:
+        self.request("DELETE", f"/tokens/{token_id}")
+
 
 def check(resp: httpx.Response) -> None:
     """Turn an error response into a one-line UserError with the server's own words."""

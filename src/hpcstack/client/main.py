@@ -26,6 +26,9 @@ from hpcstack.service.models import name_problem
 app = typer.Typer(help="U2CB: build container images on the cluster without root.",
                   no_args_is_help=True, add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
+token_app = typer.Typer(help="API tokens for web portals (admins only).",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
 out = Console()
 err = Console(stderr=True)
 STATE: dict[str, str | None] = {"server": None}
@@ -249,6 +252,41 @@ def download(name: NameOpt, output: Annotated[Path | None, typer.Option(
 
     art = fetch(client(), valid(name), output or Path(f"{name}.sif"), quiet)
     err.print(f"{name}: saved {art['path']} ({human(art['size'])}, sha256 {art['sha256'][:12]}…)")
+
+
+# --- admin: API tokens ----------------------------------------------------------------
+
+
+@token_app.command("issue")
+def token_issue(user: Annotated[str, typer.Argument(help="The user the token acts as.")],
+                admin: Annotated[bool, typer.Option("--admin", help="The token may act "
+                                                    "for every user.")] = False) -> None:
+    """Issue a token; its secret is printed once, on stdout."""
+    info = client().issue_token(user, admin)
+    print(info["token"])
+    err.print(f"token {info['id']} for {info['user']}" + (" (admin)" if info["admin"] else ""))
+
+
+@token_app.command("list")
+def token_list(as_json: JsonOpt = False) -> None:
+    """Issued tokens: id, user, admin, created (never the secrets)."""
+    tokens = client().tokens()
+    if as_json:
+        print(json.dumps(tokens, indent=2))
+        return
+    table = Table("id", "user", "admin", "created")
+    for t in tokens:
+        table.add_row(t["id"], t["user"], "yes" if t["admin"] else "", t["created"][:19])
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID",
+                                                         help="As `token list` shows it.")]
+                 ) -> None:
+    """Revoke a token: its next request is refused."""
+    client().revoke_token(token_id)
+    err.print(f"token {token_id}: revoked")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

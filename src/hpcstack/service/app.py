@@ -49,6 +49,7 @@ from hpcstack.service.models import (
     LogChunk,
     State,
     Token,
+    TokenList,
     TokenRequest,
     name_problem,
     upload_problem,
@@ -153,6 +154,11 @@ def owner_uid(ident: Identity, owner: str | None) -> int:
         return auth.user_uid(owner)
     except ValueError as err:
         raise ServiceError(404, str(err)) from None
+
+
+def need_admin(ident: Identity) -> None:
+    if not ident.admin:
+        raise ServiceError(403, "only admins may manage API tokens")
 
 
 def checked_name(name: str) -> str:
@@ -379,14 +385,29 @@ def add_routes(app: FastAPI, svc: Service) -> None:
               responses=responses(403, 404), tags=["admin"])
     def new_token(me: Who, req: TokenRequest) -> Token:
         """An API token acting as ``user`` (for web portals); admins only."""
-        if not me.admin:
-            raise ServiceError(403, "only admins may issue API tokens")
+        need_admin(me)
         try:
             uid = auth.user_uid(req.user)
         except ValueError as err:
             raise ServiceError(404, str(err)) from None
-        token = auth.issue_token(svc.db, req.user, uid, req.admin)
-        return Token(token=token, user=req.user, uid=uid, admin=req.admin)
+        token, info = auth.issue_token(svc.db, req.user, uid, req.admin)
+        return Token(token=token, **info.model_dump())
+
+    @app.get(f"{API}/tokens", response_model=TokenList, responses=responses(403),
+             tags=["admin"])
+    def tokens(me: Who) -> TokenList:
+        """Every issued API token (ids, not secrets); admins only."""
+        need_admin(me)
+        return TokenList(tokens=auth.list_tokens(svc.db))
+
+    @app.delete(f"{API}/tokens/{{token_id}}", status_code=204,
+                responses=responses(403, 404), tags=["admin"])
+    def revoke(me: Who, token_id: str) -> Response:
+        """Revoke a token at once: its next request gets 401; admins only."""
+        need_admin(me)
+        if not auth.revoke_token(svc.db, token_id):
+            raise ServiceError(404, f"token {token_id}: no such token")
+        return Response(status_code=204)
 
     from hpcstack.service import sessions
 

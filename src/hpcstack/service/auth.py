@@ -9,14 +9,18 @@ the request.
 from __future__ import annotations
 
 import pwd
+import re
 import secrets
 import subprocess
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
 from hpcstack.service import db
-from hpcstack.service.models import Identity
+from hpcstack.service.models import Identity, TokenInfo
 
 MUNGE_HEADER = "X-Munge-Credential"
+TOKEN_ID_LEN = 12
 # unmunge exit statuses (munge_err_t) a client can cause, and what to tell it.
 MUNGE_ERRORS = {15: "expired", 16: "rewound (clock skew)", 17: "replayed"}
 
@@ -97,8 +101,34 @@ def identify(headers, database: db.Database, munge_socket: str | None,
                     method="munge")
 
 
-def issue_token(database: db.Database, user: str, uid: int, admin: bool) -> str:
+def issue_token(database: db.Database, user: str, uid: int, admin: bool) -> tuple[str, TokenInfo]:
+    """A new token (the secret, shown once) and its record."""
     token = "u2cb_" + secrets.token_urlsafe(32)
     with database.session() as s:
-        s.add(db.TokenRow(digest=db.token_digest(token), user=user, uid=uid, admin=admin))
-    return token
+        row = db.TokenRow(digest=db.token_digest(token), user=user, uid=uid, admin=admin)
+        s.add(row)
+        s.flush()
+        return token, token_info(row)
+
+
+def token_info(row: db.TokenRow) -> TokenInfo:
+    return TokenInfo(id=row.digest[:TOKEN_ID_LEN], user=row.user, uid=row.uid,
+                     admin=row.admin, created=row.created)
+
+
+def list_tokens(database: db.Database) -> list[TokenInfo]:
+    with database.session() as s:
+        rows = s.scalars(select(db.TokenRow).order_by(db.TokenRow.created))
+        return [token_info(r) for r in rows]
+
+
+def revoke_token(database: db.Database, token_id: str) -> bool:
+    """Delete the token whose id is ``token_id``; whether there was one."""
+    if not re.fullmatch(f"[0-9a-f]{{{TOKEN_ID_LEN}}}", token_id):
+        return False
+    with database.session() as s:
+        rows = list(s.scalars(select(db.TokenRow).where(
+            db.TokenRow.digest.startswith(token_id))))
+        for row in rows:
+            s.delete(row)
+        return bool(rows)

@@ -117,11 +117,24 @@ class TokenRequest(BaseModel):
     admin: bool = False
 
 
-class Token(BaseModel):
-    token: str
+class TokenInfo(BaseModel):
+    """An issued API token, without its secret: ``id`` is what ``revoke`` takes."""
+
+    id: str = Field(description="the first 12 hex digits of the token's sha256")
     user: str
     uid: int
     admin: bool
+    created: datetime
+
+
+class Token(TokenInfo):
+    """A newly issued token: the only time its secret is shown."""
+
+    token: str
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenInfo]
 
 
 class Identity(BaseModel):
