@@ -8,6 +8,7 @@ service submits with ``sbatch`` as its own account and follows the job with
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -37,5 +38,37 @@ def test_definition_built_as_a_slurm_job(cluster, account: User, munge,  # noqa:
         assert "JobName=u2cb-" in jobs and "JobState=COMPLETED" in jobs, jobs
         svc.u2cb(user, "download", "-n", "viaslurm", cwd=work, check=True)
         assert (work / "viaslurm.sif").stat().st_size > 0
+    finally:
+        svc.stop()
+
+
+def test_restarted_service_follows_its_running_slurm_job(cluster, account: User,  # noqa: F811
+                                                         munge, user: User) -> None:  # noqa: F811
+    """kill -9 of the service leaves a Slurm build running; the restarted service
+    follows the same job to the end instead of re-queueing it."""
+    svc = Service(account, munge, data_dir(account, "slurm-restart"), "--executor", "slurm",
+                  env=cluster.env).start()
+    try:
+        work = user.workdir("u2cb-slurm-restart")
+        put(user, work / "data.txt", "d\n")
+        put(user, work / "t.def", SCRATCH_DEF.format(setup="sleep 8"))
+        svc.u2cb(user, "defcreate", "--detach", "-n", "long", "-d", "t.def", cwd=work,
+                 check=True)
+        job = None
+        deadline = time.monotonic() + 60
+        while job is None:
+            assert time.monotonic() < deadline, cluster.client("squeue").stdout
+            queue = cluster.client("squeue", "-h", "-t", "RUNNING", "-o", "%i %j").stdout
+            job = next((line.split()[0] for line in queue.splitlines()
+                        if line.split()[1].startswith("u2cb-")), None)
+            time.sleep(0.3)
+        svc.kill9()
+        svc.start()
+        svc.u2cb(user, "logs", "-n", "long", "-f", check=True, timeout=120)
+        status = json.loads(svc.u2cb(user, "status", "-n", "long", "--json",
+                                     check=True).stdout)
+        assert (status["state"], status["attempts"]) == ("ready", 1), status
+        info = cluster.client("scontrol", "-o", "show", "job", job).stdout
+        assert "JobState=COMPLETED" in info, info
     finally:
         svc.stop()
