@@ -6,6 +6,7 @@ starts with Debian's ``initdb``/``pg_ctl`` as an unprivileged user in a temp dir
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,16 @@ from sqlalchemy import update
 from conftest import User, _ensure_user
 from hpcstack.errors import UserError
 from hpcstack.service import auth, db, recipes
+from hpcstack.service.config import Settings
+from hpcstack.service.executors import LocalExecutor
 from hpcstack.service.models import NAME_MAX, Kind, State, name_problem, upload_problem
-from hpcstack.service.queue import failure_reason, interrupted_state
+from hpcstack.service.queue import (
+    GONE_AFTER_S,
+    Scheduler,
+    failure_reason,
+    interrupted_state,
+    owner_of,
+)
 
 # --- names -----------------------------------------------------------------------------
 
@@ -276,3 +286,66 @@ def test_wal_survives_concurrent_writers(tmp_path: Path) -> None:
     assert not errors and time.monotonic() - started < 60
     with d.session() as s:
         assert len(db.listing(s, None)) == 80
+
+
+def orphan_group() -> tuple[int, int]:
+    """A process group whose ``sleep`` is no child of ours (as a dead service's build
+    is not the new service's): (group id, pid of the sleep)."""
+    proc = subprocess.run(["sh", "-c", "sleep 120 >/dev/null 2>&1 & echo $!"],
+                          capture_output=True, text=True, start_new_session=True, check=True)
+    return os.getpgid(int(proc.stdout)), int(proc.stdout)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_owner_of_a_job() -> None:
+    assert owner_of("slurm:77@node2:8473") == ("slurm:77", "node2:8473")
+    assert owner_of("@node2:8473") == (None, "node2:8473")
+    assert owner_of("local:4242") == ("local:4242", None)  # before instances: one's own
+    assert owner_of(None) == (None, None)
+
+
+def test_instances_recover_their_own_and_dead_ones_only(database: db.Database,
+                                                        tmp_path: Path) -> None:
+    """Several instances on one database.  A restarting instance ends and re-queues its
+    own interrupted builds, takes over those of an instance whose heartbeat stopped
+    (killing nothing: those processes are not its own), and leaves a live instance's
+    builds alone.  Real process groups stand in for the builds."""
+    groups = {name: orphan_group() for name in ("mine", "live", "dead")}
+    try:
+        with database.session() as s:
+            db.beat(s, "node2:8473")
+            s.add(db.InstanceRow(name="node3:8473",
+                                 seen=db.now() - timedelta(seconds=GONE_AFTER_S + 5)))
+        owners = {"mine": "node1:8473", "live": "node2:8473", "dead": "node3:8473"}
+        keys = {}
+        for name, (pgid, _) in groups.items():
+            keys[name] = add(database, 1001, name, State.RUNNING)
+            with database.session() as s:
+                row = s.get(db.ContainerRow, keys[name])
+                row.job, row.attempts = f"local:{pgid}@{owners[name]}", 1
+        settings = Settings(data_dir=tmp_path / "data", instance="node1:8473")
+        Scheduler(settings, database, LocalExecutor()).recover(startup=True)
+        with database.session() as s:
+            rows = {n: s.get(db.ContainerRow, k) for n, k in keys.items()}
+        assert (rows["mine"].state, rows["mine"].job) == ("queued", None)
+        assert rows["mine"].reason.startswith("interrupted: the service stopped")
+        assert (rows["live"].state, rows["live"].job) == ("running",
+                                                          f"local:{groups['live'][0]}@node2:8473")
+        assert rows["dead"].state == "queued"
+        assert rows["dead"].reason.startswith("interrupted: service instance node3:8473 stopped")
+        deadline = time.monotonic() + 15
+        while alive(groups["mine"][1]):
+            assert time.monotonic() < deadline, "its own leftover build was not ended"
+            time.sleep(0.1)
+        assert alive(groups["live"][1]) and alive(groups["dead"][1])
+    finally:
+        for pgid, _ in groups.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, 9)

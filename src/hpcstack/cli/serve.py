@@ -32,23 +32,32 @@ def serve(
         help="Runs of a build interrupted by a restart before it is failed.")] = 2,
     docker_cert_dir: Annotated[str | None, typer.Option(
         help="CA certificate directory for the site's registry.")] = None,
+    instance: Annotated[str | None, typer.Option(
+        help="This instance's name among several on one database (default HOST:PORT).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Run the U2CB build service (REST API under /api/v1, OpenAPI at /api/v1/docs)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from hpcstack.errors import UserError
     from hpcstack.service.app import create_app
-    from hpcstack.service.config import Settings, default_data_dir
+    from hpcstack.service.config import Settings, default_data_dir, default_instance
 
     if executor not in ("local", "slurm"):
         raise UserError(f"--executor {executor}: use local or slurm")
-    settings = Settings(
-        data_dir=(data_dir or default_data_dir()).resolve(), database_url=database,
-        munge_socket=munge_socket, admin_users=["root", *(admin or [])], executor=executor,
-        slurm_partition=slurm_partition, max_workers=workers, max_builds_per_user=per_user,
-        build_time_limit=time_limit, quota_bytes=quota, max_upload_bytes=max_upload,
-        max_attempts=max_attempts, docker_cert_dir=docker_cert_dir)
+    try:
+        settings = Settings(
+            data_dir=(data_dir or default_data_dir()).resolve(), database_url=database,
+            munge_socket=munge_socket, admin_users=["root", *(admin or [])], executor=executor,
+            slurm_partition=slurm_partition, max_workers=workers, max_builds_per_user=per_user,
+            build_time_limit=time_limit, quota_bytes=quota, max_upload_bytes=max_upload,
+            max_attempts=max_attempts, docker_cert_dir=docker_cert_dir,
+            instance=instance or default_instance(port))
+    except ValidationError as err:  # e.g. an --instance name with a space in it
+        first = err.errors()[0]
+        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     try:
         app = create_app(settings)

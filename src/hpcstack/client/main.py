@@ -230,7 +230,10 @@ def follow_ws(c: Client, name: str) -> None:
 def cancel(name: NameOpt) -> None:
     """Stop a queued or running build (its whole process tree)."""
     info = client().cancel(valid(name))
-    err.print(f"{name}: {info['state']}")
+    if info["state"] == "running":  # another service instance runs it; it stops it soon
+        err.print(f"{name}: {info.get('reason') or 'running'}")
+    else:
+        err.print(f"{name}: {info['state']}")
 
 
 @app.command()

@@ -54,7 +54,7 @@ from hpcstack.service.models import (
     name_problem,
     upload_problem,
 )
-from hpcstack.service.queue import Scheduler
+from hpcstack.service.queue import CANCEL_REQUESTED, Scheduler
 
 log = logging.getLogger("u2cb")
 DOWNLOAD_CHUNK = 4 << 20
@@ -426,8 +426,7 @@ def cancel_build(svc: Service, row: db.ContainerRow) -> None:
             r.state, r.reason, r.finished = State.CANCELLED.value, "cancelled by the user", \
                 db.now()
         elif r is not None and r.state == State.RUNNING.value:
-            raise ServiceError(409, f"{row.name}: running on another service instance; "
-                               "try again")
+            r.reason = CANCEL_REQUESTED  # the instance running it stops it within a tick
 
 
 def read_log(svc: Service, row: db.ContainerRow, offset: int, limit: int = 1 << 20) -> LogChunk:

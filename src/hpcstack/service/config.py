@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 def default_data_dir() -> Path:
@@ -17,8 +18,16 @@ def default_data_dir() -> Path:
     return Path(base) / "u2cb"
 
 
+def default_instance(port: int | None = None) -> str:
+    """This host's short name, and the port when given: unique among a site's services."""
+    name = socket.gethostname().split(".")[0][:40]
+    return f"{name}:{port}" if port else name
+
+
 class Settings(BaseModel):
     data_dir: Path
+    instance: str = Field(default_factory=default_instance, max_length=48,
+                          pattern=r"^[A-Za-z0-9._:-]+$")
     database_url: str | None = None
     munge_socket: str | None = None
     admin_users: list[str] = ["root"]

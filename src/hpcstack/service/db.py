@@ -77,6 +77,15 @@ class TokenRow(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+class InstanceRow(Base):
+    """A running service instance and when it last said so (its heartbeat)."""
+
+    __tablename__ = "instances"
+
+    name: Mapped[str] = mapped_column(String(48), primary_key=True)
+    seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
 def token_digest(token: str) -> str:
     """Tokens are stored only as their sha256, so a copied database grants nothing."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -145,6 +154,26 @@ def listing(s: Session, uid: int | None, kind: Kind | None = None) -> list[Conta
 def usage(s: Session, uid: int) -> int:
     return int(s.scalar(select(func.coalesce(func.sum(ContainerRow.usage), 0))
                         .where(ContainerRow.uid == uid)) or 0)
+
+
+def beat(s: Session, instance: str) -> None:
+    """Record that ``instance`` is alive now."""
+    row = s.get(InstanceRow, instance)
+    if row is None:
+        s.add(InstanceRow(name=instance, seen=now()))
+    else:
+        row.seen = now()
+
+
+def alive_instances(s: Session, within_seconds: float) -> set[str]:
+    cutoff = now().timestamp() - within_seconds
+    return {r.name for r in s.scalars(select(InstanceRow))
+            if _utc(r.seen).timestamp() >= cutoff}
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were stored as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def running_count(s: Session, uid: int) -> int:

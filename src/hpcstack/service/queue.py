@@ -2,9 +2,14 @@
 
 One scheduler thread per service.  A queued build is claimed with a guarded
 UPDATE (state queued -> running), so several services on one PostgreSQL never
-start the same build twice.  On start-up, builds the database says are running
-were interrupted by a crash or restart: they are re-queued until
-``max_attempts`` and failed with that reason after.
+start the same build twice.  A running build's ``job`` says which executor
+handle runs it and which instance owns it (``local:4242@node1:8473``); every
+instance writes a heartbeat.  On start-up, an instance's own builds that the
+database says are running were interrupted by its crash or restart: what is
+left of them is ended, and they are re-queued until ``max_attempts`` and failed
+with that reason after.  Builds of an instance whose heartbeat stopped are
+taken over the same way by any other (a Slurm job still running is followed,
+not restarted); builds of live instances are never touched.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from hpcstack.files import sha256_file, tree_size
 from hpcstack.service import db, store
@@ -24,6 +29,25 @@ from hpcstack.service.models import Kind, State
 
 log = logging.getLogger("u2cb")
 ERROR_PREFIX = "hpcstack: error: "
+HEARTBEAT_S = 10.0
+GONE_AFTER_S = 60.0  # an instance silent this long is dead: its builds are taken over
+CANCEL_REQUESTED = "cancel requested"
+
+
+def owner_of(job: str | None) -> tuple[str | None, str | None]:
+    """(executor handle, owning instance) of a row's ``job``: ``HANDLE@INSTANCE``.
+
+    >>> owner_of("local:4242@node1:8473")
+    ('local:4242', 'node1:8473')
+    >>> owner_of("@node1:8473")  # claimed, not started yet
+    (None, 'node1:8473')
+    """
+    if not job:
+        return None, None
+    handle, sep, instance = job.rpartition("@")
+    if not sep:
+        return job, None  # written by a version without instances: its own
+    return handle or None, instance
 
 
 def failure_reason(log_text: str, status: int) -> str:
@@ -56,11 +80,15 @@ class Scheduler:
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
+        self.beaten = 0.0
 
     # --- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        self.recover()
+        with self.db.session() as s:
+            db.beat(s, self.settings.instance)
+        self.beaten = time.monotonic()
+        self.recover(startup=True)
         self.thread = threading.Thread(target=self._loop, name="u2cb-scheduler", daemon=True)
         self.thread.start()
 
@@ -70,18 +98,29 @@ class Scheduler:
         if self.thread:
             self.thread.join(timeout=30)
 
-    def recover(self) -> None:
-        """Builds left ``running`` by a dead service: clean up, then re-queue or fail."""
+    def recover(self, startup: bool = False) -> None:
+        """Builds left ``running`` by a dead instance (this one before a restart, or
+        another whose heartbeat stopped): clean up, then follow, re-queue or fail."""
+        me = self.settings.instance
         with self.db.session() as s:
+            alive = db.alive_instances(s, GONE_AFTER_S) | {me}
             for row in db.in_state(s, State.RUNNING):
-                if row.job and row.job.startswith("slurm:") and self.executor.name == "slurm" \
-                        and self.executor.alive(row.job):
-                    self.handles[row.id] = row.job  # still running on the cluster: follow it
-                    self.deadlines[row.id] = time.monotonic() + self.settings.build_time_limit
+                handle, owner = owner_of(row.job)
+                mine = owner in (None, me)
+                if (mine and not startup) or (not mine and owner in alive):
                     continue
-                if row.job and row.job.startswith(self.executor.name + ":"):
-                    self.executor.adopt(row.job)
+                if handle and handle.startswith("slurm:") and self.executor.name == "slurm" \
+                        and self.executor.alive(handle):
+                    self.handles[row.id] = handle  # still running on the cluster: follow it
+                    self.deadlines[row.id] = time.monotonic() + self.settings.build_time_limit
+                    row.job = f"{handle}@{me}"
+                    continue
+                if mine and handle and handle.startswith(self.executor.name + ":"):
+                    self.executor.adopt(handle)  # local processes: only ever our own
                 state, reason = interrupted_state(row.attempts, self.settings.max_attempts)
+                if not mine:
+                    reason = reason.replace("the service stopped",
+                                            f"service instance {owner} stopped")
                 log.warning("%s/%s: %s", row.owner, row.name, reason)
                 row.state, row.reason, row.job = state.value, reason, None
                 if state is State.FAILED:
@@ -106,10 +145,17 @@ class Scheduler:
 
     def tick(self) -> None:
         with self.lock:
+            if time.monotonic() - self.beaten >= HEARTBEAT_S:
+                with self.db.session() as s:
+                    db.beat(s, self.settings.instance)
+                self.beaten = time.monotonic()
+                self.recover()
             self._follow()
             self._start_queued()
 
     def _follow(self) -> None:
+        for key in self._cancels_requested():
+            self.stop(key, State.CANCELLED, "cancelled by the user")
         for key, handle in list(self.handles.items()):
             status = self.executor.poll(handle)
             if status is None:
@@ -119,6 +165,17 @@ class Scheduler:
                               "the build was killed")
                 continue
             self._finish(key, status)
+
+    def _cancels_requested(self) -> list[int]:
+        """Our builds cancelled or deleted through another instance."""
+        if not self.handles:
+            return []
+        with self.db.session() as s:
+            rows = s.execute(select(db.ContainerRow.id, db.ContainerRow.reason).where(
+                db.ContainerRow.id.in_(list(self.handles)))).all()
+        present = {key: reason for key, reason in rows}
+        return [key for key in self.handles
+                if key not in present or present[key] == CANCEL_REQUESTED]
 
     def _start_queued(self) -> None:
         with self.db.session() as s:
@@ -133,7 +190,8 @@ class Scheduler:
                                     .where(db.ContainerRow.id == row.id,
                                            db.ContainerRow.state == State.QUEUED.value)
                                     .values(state=State.RUNNING.value, started=db.now(),
-                                            attempts=db.ContainerRow.attempts + 1))
+                                            attempts=db.ContainerRow.attempts + 1,
+                                            job=f"@{self.settings.instance}"))
                 if claimed.rowcount != 1:
                     continue
             self._launch(row)
@@ -151,7 +209,7 @@ class Scheduler:
         with self.db.session() as s:
             r = s.get(db.ContainerRow, row.id)
             if r is not None:
-                r.job = handle
+                r.job = f"{handle}@{self.settings.instance}"
 
     def job_for(self, row: db.ContainerRow, paths: store.Paths) -> Job:
         """The ``hpcstack build`` that makes this container."""
