@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +144,33 @@ def cluster():  # type: ignore[no-untyped-def]
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL cluster in a temp dir, run by an unprivileged account (trust auth)."""
+    initdb = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
+    pg_ctl = shutil.which("pg_ctl") or "/usr/lib/postgresql/15/bin/pg_ctl"
+    if not os.path.exists(initdb):
+        if os.environ.get("CI"):
+            pytest.fail("CI is missing PostgreSQL (initdb)")
+        pytest.skip("needs postgresql")
+    owner: User = _ensure_user("u2cb")
+    base = Path(tempfile.mkdtemp(prefix="u2cb-pg-"))  # pytest's tmp is 0700 root
+    base.chmod(0o755)
+    data, sock = base / "data", base / "sock"
+    subprocess.run(["chown", owner.name, str(base)], check=True)
+    owner.run(["mkdir", "-p", str(sock)], check=True)
+    owner.run([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+              check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    owner.run([pg_ctl, "-D", str(data), "-l", str(base / "pg.log"), "-w", "-o",
+               f"-p {port} -k {sock} -h 127.0.0.1", "start"], check=True, timeout=60)
+    yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    owner.run([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], timeout=60)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def need(*tools: str) -> None:

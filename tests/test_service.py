@@ -23,8 +23,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select as sql_select
 
 from conftest import HPCSTACK_PREFIX, User, _ensure_user, need
+from hpcstack.service import db
 from test_build import registry  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
@@ -568,3 +570,72 @@ def test_kill9_mid_build_requeues_and_keeps_images(account: User, munge: Munge,
             assert check.stdout.strip() == "ok"
     finally:
         svc.stop()
+
+
+def owner_instance(database_url: str, name: str) -> str | None:
+    """Which instance runs the build of ``name`` (from its record)."""
+    from hpcstack.service.queue import owner_of
+
+    database = db.Database(database_url)
+    try:
+        with database.session() as s:
+            row = s.scalars(sql_select(db.ContainerRow).where(db.ContainerRow.name == name)).one()
+            return owner_of(row.job)[1]
+    finally:
+        database.dispose()
+
+
+def wait_for_owner(url: str, name: str) -> str:
+    deadline = time.monotonic() + 60
+    while (owner := owner_instance(url, name)) is None:
+        assert time.monotonic() < deadline, f"{name}: never started"
+        time.sleep(0.2)
+    return owner
+
+
+def test_two_instances_on_one_postgresql(account: User, munge: Munge, user: User,
+                                         postgres: str) -> None:
+    """Two services share PostgreSQL and a data directory: a build runs on one of them;
+    the other's crash and restart leaves it running; a cancel through the other stops it."""
+    database = db.Database(postgres)
+    db.Base.metadata.drop_all(database.engine)
+    database.dispose()
+    data = data_dir(account, "pair")
+    pair = {n: Service(account, munge, data, "--database", postgres, "--instance", n)
+            for n in ("a", "b")}
+    try:
+        for svc in pair.values():
+            svc.start()
+        work = user.workdir("u2cb-pair")
+        put(user, work / "data.txt", "d\n")
+        put(user, work / "slow.def", SCRATCH_DEF.format(setup="sleep 8"))
+        put(user, work / "long.def", SCRATCH_DEF.format(setup="sleep 300"))
+        pair["a"].u2cb(user, "defcreate", "--detach", "-n", "slow", "-d", "slow.def", cwd=work,
+                       check=True)
+        runner = wait_for_owner(postgres, "slow")
+        other = pair["b" if runner == "a" else "a"]
+        other.kill9()
+        other.start()  # its recovery must leave the other instance's build alone
+        pair[runner].u2cb(user, "logs", "-n", "slow", "-f", check=True, timeout=120)
+        status = json.loads(other.u2cb(user, "status", "-n", "slow", "--json",
+                                       check=True).stdout)
+        assert (status["state"], status["attempts"]) == ("ready", 1), status
+
+        pair["a"].u2cb(user, "defcreate", "--detach", "-n", "long", "-d", "long.def", cwd=work,
+                       check=True)
+        runner = wait_for_owner(postgres, "long")
+        other = pair["b" if runner == "a" else "a"]
+        deadline = time.monotonic() + 60
+        while not build_processes(account, "sleep 300"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        other.u2cb(user, "cancel", "-n", "long", check=True)
+        deadline = time.monotonic() + 30
+        while json.loads(other.u2cb(user, "status", "-n", "long", "--json",
+                                    check=True).stdout)["state"] != "cancelled":
+            assert time.monotonic() < deadline, "cancel through the other instance"
+            time.sleep(0.3)
+        assert not build_processes(account, "sleep 300")
+    finally:
+        for svc in pair.values():
+            svc.stop()

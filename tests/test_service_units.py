@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -22,7 +19,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import update
 
-from conftest import User, _ensure_user
 from hpcstack.errors import UserError
 from hpcstack.service import auth, db, recipes
 from hpcstack.service.config import Settings
@@ -136,33 +132,6 @@ def test_interrupted_builds_are_requeued_then_failed() -> None:
 
 
 # --- storage, over SQLite and PostgreSQL -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL cluster in a temp dir, run by an unprivileged account (trust auth)."""
-    initdb = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
-    pg_ctl = shutil.which("pg_ctl") or "/usr/lib/postgresql/15/bin/pg_ctl"
-    if not os.path.exists(initdb):
-        if os.environ.get("CI"):
-            pytest.fail("CI is missing PostgreSQL (initdb)")
-        pytest.skip("needs postgresql")
-    owner: User = _ensure_user("u2cb")
-    base = Path(tempfile.mkdtemp(prefix="u2cb-pg-"))  # pytest's tmp is 0700 root
-    base.chmod(0o755)
-    data, sock = base / "data", base / "sock"
-    subprocess.run(["chown", owner.name, str(base)], check=True)
-    owner.run(["mkdir", "-p", str(sock)], check=True)
-    owner.run([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"],
-              check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    owner.run([pg_ctl, "-D", str(data), "-l", str(base / "pg.log"), "-w", "-o",
-               f"-p {port} -k {sock} -h 127.0.0.1", "start"], check=True, timeout=60)
-    yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    owner.run([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], timeout=60)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
