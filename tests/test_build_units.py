@@ -219,3 +219,14 @@ def test_namespace_command_line() -> None:
     argv = fakeroot.namespace_argv(["true"])
     assert argv[0] == "unshare" and argv[-2:] == ["--", "true"]
     assert {"--mount", "--pid", "--fork", "--kill-child"} <= set(argv)
+
+
+def test_mmdebstrap_writes_the_tree_in_place_as_fake_root() -> None:
+    argv = agents.mmdebstrap_argv("bookworm", Path("/c/rootfs"), ["deb http://m bookworm main"],
+                                  "amd64", ["hello", "gcc"], quiet=True)
+    assert argv[:4] == ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory"]
+    assert argv[-3:] == ["bookworm", "/c/rootfs", "deb http://m bookworm main"]
+    assert "--include=hello,gcc" in argv and "--quiet" in argv
+    # what is set up for the bootstrap only is taken down again before it is cached
+    assert '--customize-hook=rm "$1/etc/apt/apt.conf.d/99mmdebstrap"' in argv
+    assert '--customize-hook=umount --lazy "$1/sys"' in argv
