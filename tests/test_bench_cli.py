@@ -15,6 +15,7 @@ import pytest
 
 from conftest import User, need
 from hpcstack.bench import stats
+from test_build import hello  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +86,17 @@ def test_partition_runs_the_benchmark_as_a_slurm_job(user: User, result: tuple[d
     assert doc["modes"] == MODES and len(doc["rounds"]) == 1 and doc["ranks"] == 1
     info = cluster.client("scontrol", "show", "job", "-o", str(doc["job"])).stdout
     assert "JobState=COMPLETED" in info and "Partition=debug" in info, info
+
+
+def test_image_without_the_hosts_hpcc_is_refused(user: User, hello) -> None:  # noqa: F811
+    """``--image`` holding another build (here: no hpcc at all) is refused in one line,
+    before anything is deployed or run."""
+    work = user.workdir("bench-refuse")
+    proc = user.hpcstack("bench", "--quick", "--rounds", "1", "--image", str(hello),
+                         "--json", "bench.json", cwd=work, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"hpcstack: error: {hello}: not the host's hpcc build, "
+                                  "refusing to compare: "), proc.stderr
+    assert "hpcc: only on the host" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (work / "bench.json").exists()

@@ -51,8 +51,12 @@ Say = Callable[[str], None]
 Step = Callable[[str, int], None]
 
 
-def prepare(opts: Options, say: Say) -> tuple[dict[str, Any], Path, dict[str, Any]]:
-    """Image, checksums, module: everything before the first round; (meta, image, extra)."""
+def prepare(opts: Options, say: Say, workdir: Path) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+    """Image, checksums, module: everything before the first round; (meta, image, extra).
+
+    Refuses, before deploying anything, unless the image and then the module's copy
+    hold the host's very hpcc and BLAS.
+    """
     host = image.host_checksums()
     packages = image.host_packages(host)
     sif = opts.image
@@ -63,28 +67,22 @@ def prepare(opts: Options, say: Say) -> tuple[dict[str, Any], Path, dict[str, An
         sif, built = image.build_image(text)
         say(f"{'Built' if built else 'Reusing'} {sif}")
     rt = select(opts.runtime) if opts.runtime else detect()
+    image.refuse_if_different(str(sif), host, image.image_checksums(rt, sif, workdir))
     deployed = image.deploy_module(sif, packages["hpcc"], rt.name)
+    image.refuse_if_different(f"module {deployed.module}", host,
+                              image.image_checksums(rt, deployed.image, workdir))
     meta = {"host": platform.node(), "hpcc_version": packages["hpcc"], "packages": packages,
             "image": str(sif), "runtime": rt.name, "module": deployed.module,
             "checksums": {k: v[0] for k, v in host.items()}}
-    return meta, sif, {"host": host, "runtime": rt, "deployed": deployed}
-
-
-def verify(extra: dict[str, Any], sif: Path, workdir: Path) -> None:
-    """Refuse unless both containers hold the host's very hpcc and BLAS."""
-    rt, deployed, host = extra["runtime"], extra["deployed"], extra["host"]
-    image.refuse_if_different(str(sif), host, image.image_checksums(rt, sif, workdir))
-    image.refuse_if_different(f"module {deployed.module}", host,
-                              image.image_checksums(rt, deployed.image, workdir))
+    return meta, sif, {"runtime": rt, "deployed": deployed}
 
 
 def bench(opts: Options, say: Say, step: Step) -> dict[str, Any]:
     """Run the benchmark here; the JSON document (see :func:`report.document`)."""
     prob = problem(opts.ranks, opts.quick, opts.size)
-    meta, sif, extra = prepare(opts, say)
     workdir = Path(tempfile.mkdtemp(prefix="hpcstack-bench-"))
     try:
-        verify(extra, sif, workdir)
+        meta, sif, extra = prepare(opts, say, workdir)
         (workdir / "hpccinf.txt").write_text(input_file(prob))
         cmds = runner.commands(image.host_hpcc(), extra["deployed"].wrapper, extra["runtime"],
                                sif, workdir, opts.ranks)

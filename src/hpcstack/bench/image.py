@@ -127,14 +127,15 @@ def parse_checksums(text: str) -> dict[str, tuple[str, str]]:
         parts = line.split()
         if len(parts) == 3:
             found[parts[0]] = (parts[1], parts[2])
-    if "hpcc" not in found:
-        raise UserError("could not checksum hpcc (is it installed?)")
     return found
 
 
 def host_checksums() -> dict[str, tuple[str, str]]:
     host_hpcc()
-    return parse_checksums(_run(["sh", "-c", checksum_script()], "checksums on the host"))
+    found = parse_checksums(_run(["sh", "-c", checksum_script()], "checksums on the host"))
+    if "hpcc" not in found:
+        raise UserError("could not checksum hpcc (is it installed?)")
+    return found
 
 
 def image_checksums(runtime: Runtime, image: Path, cwd: Path) -> dict[str, tuple[str, str]]:

@@ -37,7 +37,8 @@ def _local(opts: Any) -> dict[str, Any]:
     total = opts.round_count() * 3
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=False) as progress:
+    with Progress(*columns, console=err, transient=False,
+                  disable=not err.is_terminal) as progress:
         task = progress.add_task("hpcc", total=total)
         state = {"started": False}
 

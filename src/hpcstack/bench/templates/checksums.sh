@@ -2,7 +2,7 @@
 # the same way on the host and inside the image, so hpcstack bench can refuse to
 # compare two different builds. Run with: sh -c "$(cat checksums.sh)"
 set -e
-bin=$(command -v hpcc)
+bin=$(command -v hpcc) || exit 0  # none at all: the comparison says so
 real=$(readlink -f "$bin")
 echo "hpcc $(sha256sum < "$real" | cut -d' ' -f1) $real"
 ldd "$real" | while read -r name arrow path rest; do
