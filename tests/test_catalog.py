@@ -87,7 +87,7 @@ def test_render_command_and_def_check_cli(tmp_path: Path) -> None:
                            str(tmp_path)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     defs = sorted(tmp_path.glob("*.def"))
-    assert len(defs) == len(list(tmp_path.glob("*.Dockerfile"))) == 23
+    assert len(defs) == len(list(tmp_path.glob("*.Dockerfile"))) == 25  # 6 bases, 19 apps
     proc = subprocess.run([hpcstack, "def", "check", *map(str, defs)], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0, proc.stdout
@@ -169,6 +169,19 @@ def test_mpi_configure_options(recipes: dict[str, str]) -> None:
     assert "--with-cuda=/usr/local/cuda" in gpu  # UCX, CUDA-aware
     mpich = recipes["ubuntu22.04.gcc-12.mpich-4.1.aarch64.def"]
     assert "mpich-4.1.2" in mpich and "/usr/local/slurm-pmi2" in mpich
+
+
+def test_omni_path_base_and_runtime(recipes: dict[str, str]) -> None:
+    """OPA: Open MPI over PSM2 and libfabric; the app's slim stage keeps their libraries."""
+    base = recipes["ubuntu22.04.gcc-12.ompi-4.1.opa.x86_64.def"]
+    configure = next(ln for ln in base.splitlines() if "openmpi-4.1.6 &&" in ln)
+    assert "--with-psm2" in configure and "--with-ofi" in configure
+    assert "--without-verbs" in configure and "ucx" not in configure
+    assert "libpsm2-dev" in base and "libfabric-dev" in base
+    app = recipes["gromacs-2023.3-broadwell.def"]
+    runtime = _stages(app)[1]
+    assert "libpsm2-2" in runtime and "libfabric1" in runtime and "-dev" not in runtime
+    assert "-march=broadwell" in app
 
 
 def test_aarch64_variants_have_aarch64_bases(recipes: dict[str, str]) -> None:

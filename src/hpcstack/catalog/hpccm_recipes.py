@@ -90,13 +90,16 @@ def _mpi_block(base: BaseImage, compiler: object | None) -> object | None:
     if spec.mpi is None:
         return None
     tc = {"toolchain": compiler.toolchain} if compiler is not None else {}
+    opa = spec.interconnect == "opa"  # Omni-Path: PSM2, through libfabric (OFI) as well
     if spec.mpi.name == "mpich":
-        return mpich(version=spec.mpi.version, **tc)
+        return mpich(version=spec.mpi.version,
+                     configure_opts=["--with-device=ch4:ofi"] if opa else [], **tc)
     fabric = spec.interconnect in ("mlnx_ofed", "ofed")
     return openmpi(version=spec.mpi.version, cuda=bool(spec.cuda),
                    ucx=UCX if spec.ucx else False, infiniband=fabric and not spec.ucx,
                    pmi=SLURM_PMI2 if "pmi2" in spec.mpi.pmi else False,
-                   pmix="internal" if "pmix" in spec.mpi.pmi else False, **tc)
+                   pmix="internal" if "pmix" in spec.mpi.pmi else False,
+                   **({"with_psm2": True, "with_ofi": True} if opa else {}), **tc)
 
 
 def blocks(base: BaseImage) -> list[object]:
@@ -190,6 +193,8 @@ def _runtime_stage(app: AppImage, fmt: str, prefix: str, block: object | None) -
         for b in blocks(layer):
             if hasattr(b, "runtime"):
                 stage += b.runtime(_from="build")
+    if any(b.spec.interconnect == "opa" for b in app.base.chain()):
+        stage += packages(apt=["libpsm2-2", "libfabric1"], yum=["libpsm2", "libfabric"])
     pkgs = [p for b in app.base.chain() for p in b.spec.runtime_packages]
     if pkgs + app.spec.runtime_packages:
         stage += packages(ospackages=[*pkgs, *app.spec.runtime_packages])
