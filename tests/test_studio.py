@@ -158,7 +158,7 @@ def test_charliecloud_scripts_ask_the_adapter_at_job_time(tmp_path: Path) -> Non
     _, apps = _apps(tmp_path, "charliecloud")
     argv = _container(next(a for a in apps if a.name == "tensorboard") / "template/script.sh.erb")
     assert argv[:4] == ["/opt/hpcstack/bin/hpcstack", "exec", "--runtime", "charliecloud"]
-    assert argv[4:7] == ["--bind", "/data/run 1:/logs", "/opt/hpcstack/images/tensorflow.sif"]
+    assert argv[4:7] == ["--bind", "/data/run 1:/logs", "/opt/hpcstack/images/tensorboard.sif"]
     assert argv[7:] == _expand(KIND_SPECS["tensorboard"].args)
 
 

@@ -12,6 +12,7 @@ reverse proxy stands in for OOD's ``/node/HOST/PORT`` proxy and serves the page
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -109,13 +110,12 @@ def browse(view: Path, screenshot: Path) -> None:
 # --- the test (as root: starts Slurm; everything user-facing as the test user) ----------
 
 
-@pytest.fixture(scope="module")
-def jupyter_app(user: User) -> tuple[Path, Path]:
-    """The Jupyter image built by hpcstack as the user, and the app generated for it."""
-    work = user.workdir("studio")
-    shutil.copy(REPO / "examples" / "studio" / "jupyter.def", work / "jupyter.def")
-    os.chown(work / "jupyter.def", user.uid, user.gid)
-    user.hpcstack("build", "-F", "jupyter.sif", "jupyter.def", cwd=work, check=True,
+def _build_app(user: User, kind: str, name: str) -> tuple[Path, Path]:
+    """An example image built by hpcstack as the user, and the app generated for it."""
+    work = user.workdir(f"studio-{name}")
+    shutil.copy(REPO / "examples" / "studio" / f"{name}.def", work / f"{name}.def")
+    os.chown(work / f"{name}.def", user.uid, user.gid)
+    user.hpcstack("build", "-F", f"{name}.sif", f"{name}.def", cwd=work, check=True,
                   timeout=900)
     config = work / "studio.yaml"
     config.write_text(f"""\
@@ -124,11 +124,30 @@ runtime: charliecloud
 hpcstack: {HPCSTACK_PREFIX}/bin/hpcstack
 partitions: [debug]
 apps:
-  - {{name: jupyter, kind: jupyter, image: jupyter.sif}}
+  - {{name: {name}, kind: {kind}, image: {name}.sif}}
 """)
     os.chown(config, user.uid, user.gid)
     user.hpcstack("studio", "generate", "-c", str(config), str(work / "apps"), check=True)
-    return work, work / "apps" / "jupyter"
+    return work, work / "apps" / name
+
+
+@pytest.fixture(scope="module")
+def jupyter_app(user: User) -> tuple[Path, Path]:
+    return _build_app(user, "jupyter", "jupyter")
+
+
+def _submit(user: User, cluster: slurm_fixture.Slurm, app: Path, staged: Path,
+            *fields: str) -> tuple[str, Path]:
+    """Stage the app as OOD would (tests/ood_harness.rb) and sbatch it: (job id, its log)."""
+    user.run(["ruby", str(REPO / "tests" / "ood_harness.rb"), "stage", str(app), str(staged),
+              "partition=debug", "size=cpu-1", "hours=1", *fields,
+              "set_host=host=127.0.0.1"], check=True)
+    native = yaml.safe_load((staged / "submit.yml").read_text())["script"]["native"]
+    log = staged / "output.log"
+    job = user.run(["sbatch", "--parsable", "-J", f"ood-{app.name}", f"--chdir={staged}",
+                    f"--output={log}", *native, str(staged / "job_script.sh")],
+                   env=cluster.env, check=True).stdout.strip()
+    return job, log
 
 
 def _curl(user: User, *args: str) -> str:
@@ -154,15 +173,8 @@ def test_jupyter_under_slurm_with_password_and_browser(
     staged = work / "session"
     notebooks = user.workdir("studio-notebooks")
     user.run(["cp", str(REPO / "README.md"), str(notebooks / "README.md")], check=True)
-    user.run(["ruby", str(REPO / "tests" / "ood_harness.rb"), "stage", str(app), str(staged),
-              "partition=debug", "size=cpu-1", "hours=1", f"working_dir={notebooks}",
-              "set_host=host=127.0.0.1"], check=True)
-    native = yaml.safe_load((staged / "submit.yml").read_text())["script"]["native"]
-    log = staged / "output.log"
     start = time.monotonic()
-    job = user.run(["sbatch", "--parsable", "-J", "ood-jupyter", f"--chdir={staged}",
-                    f"--output={log}", *native, str(staged / "job_script.sh")],
-                   env=cluster.env, check=True).stdout.strip()
+    job, log = _submit(user, cluster, app, staged, f"working_dir={notebooks}")
     try:
         conn = _wait_for_connection(staged, start, 60, log)
         base = f"http://127.0.0.1:{conn['port']}/node/127.0.0.1/{conn['port']}"
@@ -189,6 +201,47 @@ def test_jupyter_under_slurm_with_password_and_browser(
         keep = os.environ.get("HPCSTACK_STUDIO_SCREENSHOT")
         if keep:
             shutil.copy(shot, keep)
+    finally:
+        cluster.client("scancel", job)
+
+
+EVENTS = """
+import sys, time
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+writer = EventFileWriter(sys.argv[1])
+for step in range(3):
+    value = summary_pb2.Summary.Value(tag="loss", simple_value=1.0 / (step + 1))
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                     summary=summary_pb2.Summary(value=[value])))
+writer.close()
+"""
+
+
+def test_tensorboard_under_slurm_reads_the_form_log_directory(
+        user: User, cluster: slurm_fixture.Slurm) -> None:
+    """TensorBoard from PyPI in an image hpcstack built: the form's log directory, bound at
+    /logs, is what it serves (a run written beforehand is listed with its values)."""
+    need("ruby", "curl")
+    work, app = _build_app(user, "tensorboard", "tensorboard")
+    logs = user.workdir("studio-tb-logs")
+    user.hpcstack("exec", str(work / "tensorboard.sif"), "python3", "-c", EVENTS,
+                  str(logs / "run1"), cwd=work, check=True)
+    start = time.monotonic()
+    job, log = _submit(user, cluster, app, work / "session", "working_dir=", f"logdir={logs}")
+    try:
+        conn = _wait_for_connection(work / "session", start, 60, log)
+        base = f"http://127.0.0.1:{conn['port']}"  # OOD's /rnode proxy strips its prefix
+        deadline = time.monotonic() + 60
+        while not _curl(user, f"{base}/").startswith("200"):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        tags = json.loads(user.run(["curl", "-s", f"{base}/data/plugin/scalars/tags"],
+                                   check=True).stdout)
+        assert "loss" in tags["run1"], tags
+        points = json.loads(user.run(["curl", "-s", f"{base}/data/plugin/scalars/scalars"
+                                      "?run=run1&tag=loss"], check=True).stdout)
+        assert [(p[1], round(p[2], 3)) for p in points] == [(0, 1.0), (1, 0.5), (2, 0.333)]
     finally:
         cluster.client("scancel", job)
 
