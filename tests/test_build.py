@@ -496,6 +496,59 @@ def test_sigint_during_post_leaves_nothing(user: User, hello: Path) -> None:
     no_build_leftovers(tmp)
 
 
+def test_sigkill_of_the_builder_ends_its_build_and_prune_cleans_up(user: User,
+                                                                  hello: Path) -> None:
+    """SIGKILL (the OOM killer, a job past its limit) runs no cleanup: the build's
+    namespace still ends with it, and ``hpcstack cache prune`` removes the work
+    directory it left (files of subordinate IDs the user could not remove) while a
+    running build's directory stays."""
+    work, tmp = user.workdir("sigkill"), user.workdir("sigkill-tmp")
+    put(user, work / "slow.def", f"Bootstrap: localimage\nFrom: {hello}\n\n%post\n"
+        "    mkdir /var/lib/apt/owned && chown _apt /var/lib/apt/owned\n    sleep 601\n")
+    env = user.env(TMPDIR=str(tmp))
+    argv = [str(HPCSTACK_PREFIX / "bin" / "hpcstack"), "build", "slow.sif", "slow.def"]
+    killed, running = (subprocess.Popen(user.argv(argv, env), cwd=work, text=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       for _ in range(2))
+    try:
+        deadline = time.monotonic() + 300
+        while len(pgrep(user, "sleep 601")) < 2:
+            assert time.monotonic() < deadline, "%post never started"
+            time.sleep(0.2)
+        victim = next(pid for pid in pgrep(user, "bin/hpcstack build")
+                      if str(killed.pid) in pgrep_parents(pid))
+        os.kill(int(victim), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(pgrep(user, "sleep 601")) != 1:  # the other build's sleep remains
+            assert time.monotonic() < deadline, "the killed build's namespace lived on"
+            time.sleep(0.2)
+        assert len(list(tmp.glob("hpcstack-build-*"))) == 2
+        time.sleep(11)  # prune leaves work directories younger than 10 s alone
+        pruned = user.hpcstack("cache", "prune", check=True,  # (an empty cache of its own)
+                               env={"TMPDIR": str(tmp), "XDG_CACHE_HOME": str(tmp / "c")})
+        assert pruned.stderr.count("left by a build that was killed") == 1, pruned.stderr
+        assert len(list(tmp.glob("hpcstack-build-*"))) == 1  # the running build's
+        assert len(pgrep(user, "sleep 601")) == 1
+    finally:
+        for proc in (killed, running):
+            proc.kill()
+        subprocess.run(["pkill", "-9", "-u", user.name, "-f", "sleep 601"], check=False)
+
+
+def pgrep(user: User, pattern: str) -> list[str]:
+    return subprocess.run(["pgrep", "-u", user.name, "-f", pattern], capture_output=True,
+                          text=True).stdout.split()
+
+
+def pgrep_parents(pid: str) -> str:
+    """The PIDs above ``pid``, as one string (runuser and env stand between)."""
+    out, current = [], pid
+    while current not in ("0", "1"):
+        current = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        out.append(current)
+    return " ".join(out)
+
+
 # --- %setup, %test ---------------------------------------------------------------------
 
 

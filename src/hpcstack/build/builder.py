@@ -11,6 +11,7 @@ processes go with it), the work directory is removed, and no output appears.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import signal
@@ -29,6 +30,7 @@ from hpcstack.build.plan import HostCopy, Plan
 from hpcstack.deffile import Definition, Stage, check, parse
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size
+from hpcstack.lifetime import die_with_parent
 
 URI_AGENTS = {"docker": "docker", "docker-archive": "docker-archive", "oci": "oci",
               "oci-archive": "oci-archive"}
@@ -135,7 +137,8 @@ class Children:
         out = subprocess.DEVNULL if self.quiet else None
         self.stop_signal = stop_signal
         self.current = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
-                                        env={**os.environ, **env} if env else None)
+                                        env={**os.environ, **env} if env else None,
+                                        preexec_fn=lambda: die_with_parent(stop_signal))
         try:
             status = self.current.wait()
         finally:
@@ -155,14 +158,52 @@ class Children:
             proc.wait()
 
 
+WORKDIR_PREFIX = "hpcstack-build-"
+WORKDIR_LOCK = ".lock"
+FRESH_S = 10.0  # younger work directories may not hold their lock yet
+
+
+def workdir_base(options: BuildOptions | None = None) -> Path:
+    return Path((options and options.tmpdir) or os.environ.get("HPCSTACK_TMPDIR")
+                or tempfile.gettempdir())
+
+
 @contextlib.contextmanager
 def workdir(options: BuildOptions) -> Iterator[Path]:
-    base = options.tmpdir or os.environ.get("HPCSTACK_TMPDIR") or tempfile.gettempdir()
-    path = Path(tempfile.mkdtemp(prefix="hpcstack-build-", dir=base))
+    """A fresh work directory, locked while the build runs and removed after it."""
+    path = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=workdir_base(options)))
+    lock = os.open(path / WORKDIR_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         yield path
     finally:
         fakeroot.remove_tree(path)
+        os.close(lock)
+
+
+def prune_workdirs(base: Path | None = None) -> list[Path]:
+    """Remove the work directories of builds that were killed (no one holds their lock).
+
+    Their files may be owned by subordinate IDs, which only a namespace can remove.
+    """
+    removed = []
+    base = base or workdir_base()
+    for path in sorted(base.glob(WORKDIR_PREFIX + "*")):
+        if not path.is_dir() or path.stat().st_mtime > time.time() - FRESH_S:
+            continue
+        try:
+            lock = os.open(path / WORKDIR_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a build is running in it
+        finally:
+            os.close(lock)
+        fakeroot.remove_tree(path)
+        removed.append(path)
+    return removed
 
 
 def run_inside(plan: Plan, children: Children) -> None:

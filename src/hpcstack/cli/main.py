@@ -206,7 +206,9 @@ def cache_prune(
     older_than: Annotated[float | None, typer.Option(
         "--older-than", help="Only entries unused for this many days.")] = None,
 ) -> None:
-    """Remove cached bootstrap results and extracted images no container is running."""
+    """Remove cached bootstrap results, extracted images no container is running, and
+    the work directories of builds that were killed."""
+    from hpcstack.build.builder import prune_workdirs
     from hpcstack.build.cache import BuildCache
     from hpcstack.runtime.cache import cache_dir, prune_copies
 
@@ -215,6 +217,8 @@ def cache_prune(
     gone = prune_copies(cache_dir(os.environ), older_than)
     freed += sum(c.size for c in gone)
     err.print(f"Removed {len(removed) + len(gone)} entries ({_human(freed)})")
+    for path in prune_workdirs():
+        err.print(f"Removed {path}, left by a build that was killed", soft_wrap=True)
 
 
 def main() -> None:

@@ -7,21 +7,14 @@ asks for SIGTERM when the service that started it dies (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import signal
 import sys
 
-PR_SET_PDEATHSIG = 1
+from hpcstack.lifetime import die_with_parent
 
 
 def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
-
-
-def die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def main() -> None:
