@@ -650,6 +650,7 @@ def test_copies_of_replaced_images_go_unless_in_use(
     pruned = user.hpcstack("cache", "prune", env=env, check=True)
     assert "Removed 1 entries" in pruned.stderr
     assert extracted(cache) == []
+    assert list((cache / "hpcstack" / "images").iterdir()) == []  # no lock or source left
 
 
 @pytest.mark.integration

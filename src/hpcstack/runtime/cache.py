@@ -160,6 +160,7 @@ def remove_unused(copy: Copy) -> bool:
             return False
         _source_file(copy.path).unlink(missing_ok=True)
         remove_tree(copy.path)
+        (copy.path.parent / f".{copy.key}.lock").unlink(missing_ok=True)
         return True
     finally:
         os.close(fd)
