@@ -114,8 +114,9 @@ def build_catalog(expanded: Expanded, out: Path, *, only: list[str] | None = Non
                   slurm: bool = False, say: Callable[[str], None] = print) -> Report:
     """Build what changed, in order; record each success at once (an abort keeps them)."""
     started = time.perf_counter()
+    out = out.resolve()  # Slurm jobs run elsewhere: every path they get is absolute
     out.mkdir(parents=True, exist_ok=True)
-    steps = plan(select(expanded, only, arch), out.resolve())
+    steps = plan(select(expanded, only, arch), out)
     state = read_state(out)
     todo = [s for s in steps if force or not up_to_date(s, state)]
     report = Report(skipped=[s.tag for s in steps if s not in todo])
@@ -153,7 +154,6 @@ def _slurm(todo: list[Step], out: Path, run_test: bool, state: dict[str, dict],
     from hpcstack.scheduler import submit, wait
 
     jobs: dict[str, int] = {}
-    out = out.resolve()  # the jobs run in it, and Slurm resolves --output from there
     hpcstack = str(Path(sys.executable).with_name("hpcstack"))
     for step in todo:
         deffile = out / "recipes" / f"{step.tag}.def"
