@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,14 +19,25 @@ from test_service import SCRATCH_DEF, Service, account, data_dir, munge, put  # 
 pytestmark = pytest.mark.integration
 
 
+def slurm_service(cluster, account: User, munge, name: str) -> Service:  # noqa: F811
+    """The service as ``account`` with the Slurm executor, on a data directory of its own."""
+    return Service(account, munge, data_dir(account, name), "--executor", "slurm",
+                   env=cluster.env).start()
+
+
+def scratch_work(user: User, name: str, setup: str) -> Path:
+    """A work directory with SCRATCH_DEF as ``t.def`` (running ``setup``) and its data file."""
+    work = user.workdir(name)
+    put(user, work / "data.txt", "d\n")
+    put(user, work / "t.def", SCRATCH_DEF.format(setup=setup))
+    return work
+
+
 def test_definition_built_as_a_slurm_job(cluster, account: User, munge,  # noqa: F811
                                          user: User) -> None:
-    svc = Service(account, munge, data_dir(account, "slurm"), "--executor", "slurm",
-                  env=cluster.env).start()
+    svc = slurm_service(cluster, account, munge, "slurm")
     try:
-        work = user.workdir("u2cb-slurm")
-        put(user, work / "data.txt", "via slurm\n")
-        put(user, work / "t.def", SCRATCH_DEF.format(setup="true"))
+        work = scratch_work(user, "u2cb-slurm", "true")
         proc = svc.u2cb(user, "defcreate", "-n", "viaslurm", "-d", "t.def", cwd=work,
                         timeout=300)
         assert proc.returncode == 0, proc.stderr + svc.log.read_text()[-2000:]
@@ -46,12 +58,9 @@ def test_restarted_service_follows_its_running_slurm_job(cluster, account: User,
                                                          munge, user: User) -> None:  # noqa: F811
     """kill -9 of the service leaves a Slurm build running; the restarted service
     follows the same job to the end instead of re-queueing it."""
-    svc = Service(account, munge, data_dir(account, "slurm-restart"), "--executor", "slurm",
-                  env=cluster.env).start()
+    svc = slurm_service(cluster, account, munge, "slurm-restart")
     try:
-        work = user.workdir("u2cb-slurm-restart")
-        put(user, work / "data.txt", "d\n")
-        put(user, work / "t.def", SCRATCH_DEF.format(setup="sleep 8"))
+        work = scratch_work(user, "u2cb-slurm-restart", "sleep 8")
         svc.u2cb(user, "defcreate", "--detach", "-n", "long", "-d", "t.def", cwd=work,
                  check=True)
         job = None
