@@ -15,6 +15,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import tempfile
@@ -564,10 +565,8 @@ def test_kill9_mid_build_requeues_and_keeps_images(account: User, munge: Munge,
         import hashlib
 
         assert hashlib.sha256((work / "done.sif").read_bytes()).hexdigest() == done["sha256"]
-        check = subprocess.run(["sqlite3", str(svc.data / "u2cb.db"), "PRAGMA integrity_check"],
-                               capture_output=True, text=True)
-        if check.returncode == 0:
-            assert check.stdout.strip() == "ok"
+        with contextlib.closing(sqlite3.connect(svc.data / "u2cb.db")) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         svc.stop()
 
