@@ -35,6 +35,8 @@ PACKAGES=(
   docker-registry openssl                 # a local registry for tests and sites
   procps ca-certificates tar curl
   lmod tcl slurm-wlm munge openmpi-bin     # container modules: Lmod (+ tclsh for modulecmd.tcl), Slurm + MUNGE, host MPI
+  libpmix-dev                             # srun --mpi=pmix: Slurm's PMIx plugin dlopens the unversioned libpmix.so
+  passt                                   # U2CB jails: pasta, user-mode networking without the host's loopback
   postgresql                              # U2CB: PostgreSQL for the storage tests (SQLite is the default)
   hpcc libopenblas0-serial                # hpcstack bench: HPC Challenge with OpenBLAS (the same build goes in its image)
   ruby chromium chromium-driver           # studio tests: OOD's ERB (erb), headless Chromium for the Jupyter page

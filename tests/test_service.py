@@ -173,7 +173,8 @@ def admin() -> User:
 
 
 def data_dir(account: User, name: str) -> Path:
-    path = account.home / "u2cb-test" / name
+    """A fresh data directory, unique to this test run (several runs may share a machine)."""
+    path = account.home / "u2cb-test" / f"{name}-{os.getpid()}"
     account.run(["rm", "-rf", str(path)])
     account.run(["mkdir", "-p", str(path.parent)], check=True)
     return path
