@@ -182,10 +182,16 @@ def data_dir(account: User, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def service(account: User, munge: Munge, registry):  # noqa: F811
-    svc = Service(account, munge, data_dir(account, "main"), "--docker-cert-dir",
-                  str(registry["certs"]), "--workers", "2", "--per-user", "2").start()
+    svc = Service(account, munge, data_dir(account, "main"), *registry_args(registry),
+                  "--workers", "2", "--per-user", "2").start()
     yield svc
     svc.stop()
+
+
+def registry_args(registry) -> list[str]:  # noqa: F811
+    """The test registry for builds: its CA, and its loopback port opened in the jail."""
+    return ["--docker-cert-dir", str(registry["certs"]), "--build-loopback-port",
+            registry["host"].rsplit(":", 1)[1]]
 
 
 def put(user: User, path: Path, text: str | bytes) -> Path:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from hpcstack.build import agents, engines, fakeroot, pack
 from hpcstack.build.cache import BuildCache
-from hpcstack.build.plan import HostCopy, Plan
+from hpcstack.build.plan import HostCopy, Plan, PlanError
 from hpcstack.deffile import Definition, Stage, check, parse
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size
@@ -216,7 +216,7 @@ def run_inside(plan: Plan, children: Children) -> None:
     except UserError:
         error = Path(plan.error_file)
         if error.is_file():
-            raise UserError(error.read_text().strip()) from None
+            raise PlanError.model_validate_json(error.read_text()).exception() from None
         raise
 
 
@@ -264,6 +264,17 @@ def build(spec: str, output: Path, options: BuildOptions) -> BuildResult:
     if engine == "apptainer":
         engines.apptainer_build(spec, output, options)
         return BuildResult(output, output.stat().st_size, time.monotonic() - started)
+    return build_definition(name, defn, text, output, options, started=started)
+
+
+def build_definition(name: str, defn: Definition, text: str, output: Path,
+                     options: BuildOptions, *, started: float | None = None) -> BuildResult:
+    """Build an already parsed and checked definition (``text`` goes into the image as is).
+
+    The one path every build takes: ``hpcstack build`` after parsing, and the
+    build job (:mod:`hpcstack.build.job`) with the model the service checked.
+    """
+    started = time.monotonic() if started is None else started
     fakeroot.check_subids()
     children = Children(options.quiet)
     ctx = agents.Context(deffile=name, cache=options.cache,
@@ -274,8 +285,8 @@ def build(spec: str, output: Path, options: BuildOptions) -> BuildResult:
         host_files = [host_copies(name, stage) for stage in defn.stages]
         with workdir(options) as work:
             sources = [agents.resolve(stage, ctx) for stage in defn.stages]
-            plan = Plan(deffile=name, text=text, workdir=str(work), sources=sources,
-                        host_files=host_files, run_test=options.run_test,
+            plan = Plan(deffile=name, definition=defn, text=text, workdir=str(work),
+                        sources=sources, host_files=host_files, run_test=options.run_test,
                         sandbox=options.sandbox, compression=options.compression,
                         arch=pack.host_arch(),
                         build_date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))

@@ -11,7 +11,6 @@ as one line to the plan's error file and ends the process with status 1.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import glob
 import os
 import shutil
@@ -22,9 +21,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hpcstack.build import layout
+from hpcstack.build.jail import set_read_only
 from hpcstack.build.pack import mksquashfs_flags
-from hpcstack.build.plan import Plan, Source
-from hpcstack.deffile import Definition, Script, Stage, parse
+from hpcstack.build.plan import Plan, PlanError, Source
+from hpcstack.deffile import Definition, Script, Stage
+from hpcstack.deffile.model import DefFileError
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size
 
@@ -72,29 +73,6 @@ def in_root(rootfs: str, path: str) -> str:
 
 
 # --- confinement and mounts ------------------------------------------------------------
-
-
-class MountAttr(ctypes.Structure):
-    """``struct mount_attr`` of ``mount_setattr(2)``."""
-
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
-SYS_MOUNT_SETATTR = 442  # the same number on every architecture (Linux 5.12+)
-AT_FDCWD = -100
-AT_RECURSIVE = 0x8000
-MOUNT_ATTR_RDONLY = 0x1
-
-
-def set_read_only(path: str, read_only: bool, *, recursive: bool) -> bool:
-    """Flip the read-only flag of the mount at ``path`` (and every mount below it)."""
-    attr = MountAttr(attr_set=MOUNT_ATTR_RDONLY if read_only else 0,
-                     attr_clr=0 if read_only else MOUNT_ATTR_RDONLY)
-    libc = ctypes.CDLL(None, use_errno=True)
-    flags = AT_RECURSIVE if recursive else 0
-    return libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags,
-                        ctypes.byref(attr), ctypes.sizeof(attr)) == 0
 
 
 def confine_host(workdir: str) -> bool:
@@ -249,7 +227,7 @@ def make_mount_points(rootfs: str) -> None:
 
 
 def section_failed(plan: Plan, name: str, script: Script, status: int) -> UserError:
-    return UserError(f"{plan.deffile}:{script.line}: %{name} failed with exit status {status}")
+    return DefFileError(plan.deffile, script.line, f"%{name} failed with exit status {status}")
 
 
 def run_setup(plan: Plan, stage: Stage, rootfs: str, confined: bool) -> None:
@@ -258,8 +236,8 @@ def run_setup(plan: Plan, stage: Stage, rootfs: str, confined: bool) -> None:
     if script is None:
         return
     if not confined:
-        raise UserError(f"{plan.deffile}:{script.line}: %setup refused: the host "
-                        "filesystem could not be made read-only for it")
+        raise DefFileError(plan.deffile, script.line, "%setup refused: the host "
+                           "filesystem could not be made read-only for it")
     log("Running setup scriptlet")
     path = os.path.join(plan.workdir, "setup.script")
     Path(path).write_text(script.body)
@@ -298,8 +276,8 @@ def copy_stage_files(plan: Plan, defn: Definition, stage: Stage, rootfs: str) ->
         for transfer in section.transfers:
             matches = sorted(glob.glob(in_root(src_root, transfer.src)))
             if not matches:
-                raise UserError(f"{plan.deffile}:{transfer.line}: %files from "
-                                f"{section.stage}: {transfer.src}: no such file in that stage")
+                raise DefFileError(plan.deffile, transfer.line, f"%files from "
+                                   f"{section.stage}: {transfer.src}: no such file in that stage")
             log(f"Copying {transfer.src} from stage {section.stage} to {transfer.dst}")
             copy_into(matches, rootfs, transfer.dst, follow=False)
 
@@ -381,7 +359,7 @@ def pack(plan: Plan, rootfs: str) -> None:
 
 
 def execute(plan: Plan) -> None:
-    defn = parse(plan.text, plan.deffile)
+    defn = plan.definition
     for source in plan.sources:  # before the host turns read-only
         unpack_tree(source)
     confined = confine_host(plan.workdir)
@@ -396,12 +374,13 @@ def main(argv: list[str]) -> int:
     try:
         execute(plan)
     except UserError as err:
-        Path(plan.error_file).write_text(str(err) + "\n")
+        Path(plan.error_file).write_text(PlanError.of(err).model_dump_json())
         return 1
     except subprocess.CalledProcessError as err:
         cmd = " ".join(str(a) for a in err.cmd[:3])
-        Path(plan.error_file).write_text(f"{plan.deffile}: {cmd} failed with exit status "
-                                         f"{err.returncode}\n")
+        Path(plan.error_file).write_text(PlanError(
+            message=f"{plan.deffile}: {cmd} failed with exit status {err.returncode}",
+        ).model_dump_json())
         return 1
     except KeyboardInterrupt:
         return 130

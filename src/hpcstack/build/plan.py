@@ -13,6 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from hpcstack.deffile import Definition
+from hpcstack.deffile.model import DefFileError
+from hpcstack.errors import UserError
+
 SourceKind = Literal["oci", "sif", "dir", "empty"]
 Compression = Literal["zstd", "gzip", "xz", "lz4", "lzo"]
 
@@ -37,9 +41,29 @@ class HostCopy(BaseModel):
     line: int
 
 
+class PlanError(BaseModel):
+    """What stopped a build, as the inside reports it: a message, located when it can be."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    @classmethod
+    def of(cls, err: UserError) -> PlanError:
+        if isinstance(err, DefFileError):
+            return cls(message=err.message, file=err.filename, line=err.line)
+        return cls(message=str(err))
+
+    def exception(self) -> UserError:
+        if self.file is not None and self.line is not None:
+            return DefFileError(self.file, self.line, self.message)
+        return UserError(self.message)
+
+
 class Plan(BaseModel):
     deffile: str  # the file's name as the user gave it, for messages
-    text: str  # its full text: re-parsed inside (pure and fast), stored in the image
+    definition: Definition  # the model, parsed once before the build started
+    text: str  # its full text, stored in the image as it is
     workdir: str
     sources: list[Source]  # one per stage
     host_files: list[list[HostCopy]]  # one list per stage

@@ -1,64 +1,84 @@
-"""Enter a sandbox as fake root and run a shell or a command in it (``u2cb connect``).
+"""A root shell (fakeroot) in a sandbox, jailed in it (``u2cb connect``).
 
-Started as ``unshare … python -m hpcstack.build.session ROOTFS -- CMD…``: the
-same user, mount and PID namespaces as a build, with the same ``/proc``,
-``/dev``, ``/sys`` and resolver mounts (:func:`~hpcstack.build.inside.build_mounts`),
-so ``whoami`` says root and ``apt-get install`` works; what the command changes
-stays in the sandbox.  The exit status is the command's.
+Started by the service through :func:`start`: fresh user, mount, PID, IPC, UTS
+and network namespaces (:mod:`hpcstack.build.jail`), then ``pivot_root`` into
+the sandbox itself, with ``/proc``, ``/dev``, ``/sys`` and the host's resolver
+mounted in.  ``whoami`` says root and ``apt-get install`` works (the network is
+pasta's, without the host's loopback); ``/`` and ``/proc/1/root`` are the
+sandbox and nothing else.  What the command changes stays in the sandbox; the
+exit status is the command's.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import termios
 from collections.abc import Sequence
 
-from hpcstack.build import fakeroot
-from hpcstack.build.inside import build_mounts, chroot_env
+from hpcstack.build import jail
 
 SHELL_PROMPT = r"(u2cb) \u@\h:\w\$ "
+BUILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def session_argv(rootfs: str, command: Sequence[str] = ()) -> list[str]:
-    """The host command line that runs ``command`` (default: a login shell) in ``rootfs``."""
-    return fakeroot.namespace_argv([sys.executable, "-m", "hpcstack.build.session",
-                                    rootfs, "--", *command])
+def _take_terminal() -> None:
+    """In the child: a session of its own with the PTY on stdin as its terminal."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def default_shell(rootfs: str) -> list[str]:
-    if os.path.exists(os.path.join(rootfs, "bin/bash")):
+def start(sandbox: str, command: Sequence[str], *, network: bool, term: str, tty: int,
+          loopback_ports: Sequence[int] = ()) -> subprocess.Popen:
+    """Start the session on the terminal ``tty`` (a PTY's slave side)."""
+    spec = jail.JailSpec(rootfs=sandbox, network=network, loopback_ports=list(loopback_ports))
+    return jail.start("hpcstack.build.session", [spec.model_dump_json(), "--", *command],
+                      spec, stdin=tty, stdout=tty, stderr=tty,
+                      env={"TERM": term, "PATH": os.environ.get("PATH", BUILD_PATH)},
+                      cwd="/", close_fds=True, preexec_fn=_take_terminal)
+
+
+def default_shell() -> list[str]:
+    if os.path.exists("/bin/bash"):
         return ["/bin/bash", "--login", "-i"]
     return ["/bin/sh", "-i"]
 
 
-def run(rootfs: str, command: Sequence[str]) -> int:
-    """Run ``command`` chrooted in ``rootfs`` with the build mounts; its exit status."""
-    argv = list(command) or default_shell(rootfs)
-    term = os.environ.get("TERM", "xterm")
-    env = chroot_env({"TERM": term, "PS1": SHELL_PROMPT, "USER": "root", "LOGNAME": "root",
-                      "SHELL": argv[0]})
+def run(spec: jail.JailSpec, command: Sequence[str]) -> int:
+    """Enter the jail, run ``command`` (default: a login shell), its exit status."""
+    jail.enter(spec)
+    argv = list(command) or default_shell()
+    env = {"PATH": BUILD_PATH, "HOME": "/root", "LANG": "C", "TERM": os.environ.get("TERM",
+           "xterm"), "PS1": SHELL_PROMPT, "USER": "root", "LOGNAME": "root",
+           "SHELL": argv[0]}
     # As the namespace's init we must not die of the terminal's Ctrl-C: the command
     # gets it.  A Python-level handler (not SIG_IGN) is reset by exec in the child.
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGQUIT, lambda *_: None)
-    with build_mounts(rootfs):
-        proc = subprocess.Popen(["chroot", rootfs, *argv], env=env, cwd="/")
-        while True:
-            try:
-                status = proc.wait()
-                break
-            except InterruptedError:
-                continue
+    try:
+        proc = subprocess.Popen(argv, env=env, cwd="/")
+    except OSError as err:
+        print(f"u2cb: {argv[0]}: {err.strerror}", file=sys.stderr)
+        return 127
+    while True:
+        try:
+            status = proc.wait()
+            break
+        except InterruptedError:
+            continue
     return status if status >= 0 else 128 - status
 
 
 def main(argv: list[str]) -> int:
-    rootfs, rest = argv[0], argv[1:]
+    argv = jail.handshake(argv)
+    spec = jail.JailSpec.model_validate_json(argv[0])
+    rest = argv[1:]
     if rest and rest[0] == "--":
         rest = rest[1:]
-    return run(rootfs, rest)
+    return run(spec, rest)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,20 @@ def serve(
         help="Runs of a build interrupted by a restart before it is failed.")] = 2,
     docker_cert_dir: Annotated[str | None, typer.Option(
         help="CA certificate directory for the site's registry.")] = None,
+    build_network: Annotated[bool, typer.Option(
+        "--build-network/--no-build-network",
+        help="Give builds and connect sessions user-mode network (pasta; the host's "
+        "loopback unreachable), or none at all.")] = True,
+    build_loopback_port: Annotated[list[int] | None, typer.Option(
+        "--build-loopback-port",
+        help="A TCP port on this host's loopback that builds may reach, e.g. a registry "
+        "mirror (repeatable; none by default).")] = None,
+    build_log_limit: Annotated[int, typer.Option(
+        help="Bytes of a build's log kept; the rest is cut with a marker.")] = 16 * 2**20,
+    session_idle_limit: Annotated[float, typer.Option(
+        help="Seconds a connect session may go without input.")] = 1800,
+    session_time_limit: Annotated[float, typer.Option(
+        help="Seconds a connect session may last.")] = 8 * 3600,
     instance: Annotated[str | None, typer.Option(
         help="This instance's name among several on one database (default HOST:PORT).")
     ] = None,
@@ -54,7 +68,9 @@ def serve(
             slurm_partition=slurm_partition, max_workers=workers, max_builds_per_user=per_user,
             build_time_limit=time_limit, quota_bytes=quota, max_upload_bytes=max_upload,
             max_attempts=max_attempts, docker_cert_dir=docker_cert_dir,
-            instance=instance or default_instance(port))
+            build_network=build_network, build_loopback_ports=build_loopback_port or [],
+            build_log_bytes=build_log_limit, session_idle_limit=session_idle_limit,
+            session_time_limit=session_time_limit, instance=instance or default_instance(port))
     except ValidationError as err:  # e.g. an --instance name with a space in it
         first = err.errors()[0]
         raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None

@@ -350,11 +350,29 @@ def _scan_stage(chunk: list[tuple[int, str]], builder: _StageBuilder) -> Stage |
     return builder.build(content[0])
 
 
+# Characters that some readers take for line breaks and others do not (Python's
+# ``str.splitlines()`` splits on all of these, Apptainer's parser on none): a file
+# holding one could mean one thing to a checker and another to a builder.
+CONFUSING = re.compile("[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
+
+
+def confusing_characters(lines: list[str], filename: str) -> list[DefFileError]:
+    """One problem per line holding a control character or a Unicode line separator."""
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if found := CONFUSING.search(line):
+            out.append(DefFileError(filename, number, f"control character "
+                                    f"U+{ord(found.group()):04X} in the line; definition "
+                                    "files are plain text with LF (or CRLF) line ends"))
+    return out
+
+
 def scan(text: str, filename: str = "<string>") -> tuple[Definition, list[DefFileError]]:
     """Best-effort model of *text* plus its syntax problems (no semantic checks)."""
-    problems: list[DefFileError] = []
+    lines = _lines(text)
+    problems: list[DefFileError] = confusing_characters(lines, filename)
     stages = []
-    for chunk in _chunks(_lines(text)):
+    for chunk in _chunks(lines):
         stage = _scan_stage(chunk, _StageBuilder(filename, problems))
         if stage is not None:
             stages.append(stage)

@@ -68,6 +68,32 @@ def job_info(job_id: int, run: Runner | None = None) -> dict[str, str]:
     return fields
 
 
+def state(job_id: int, run: Runner | None = None) -> JobResult | None:
+    """None while the job is pending or running, else how it ended.
+
+    ``scontrol`` knows a finished job for ``MinJobAge``; ``sacct`` after that,
+    where accounting is on; a job neither knows ended ``UNKNOWN``.
+    """
+    fields = job_info(job_id, run)
+    if not fields:
+        proc = _call(run or _default_runner, ["sacct", "-n", "-X", "-P", "-j", str(job_id),
+                                              "-o", "State,ExitCode"])
+        line = (proc.stdout.strip().splitlines() or [""])[0] if proc.returncode == 0 else ""
+        st, _, code = line.partition("|")
+        fields = {"JobState": (st.split() or ["UNKNOWN"])[0], "ExitCode": code or "1:0"}
+    if fields.get("JobState", "UNKNOWN") not in FINAL | {"UNKNOWN"}:
+        return None
+    code, _, sig = fields.get("ExitCode", "1:0").partition(":")
+    return JobResult(job_id, fields.get("JobState", "UNKNOWN"), int(code or 0), int(sig or 0),
+                     fields)
+
+
+def cancel(job_id: int, signal: str | None = None, run: Runner | None = None) -> None:
+    """``scancel`` the job (with ``signal`` to the batch step and its children first)."""
+    args = [f"--signal={signal}", "--full"] if signal else []
+    _call(run or _default_runner, ["scancel", *args, str(job_id)])
+
+
 def wait(job_id: int, *, timeout: float = 600, poll: float = 0.5,
          run: Runner | None = None) -> JobResult:
     """Wait until the job ends; a :class:`JobResult` (``UserError`` on timeout)."""

@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -31,11 +32,14 @@ from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.exc import IntegrityError
 
 from hpcstack import __version__
+from hpcstack.build.jail import Bind, JailSpec
+from hpcstack.build.job import BuildRequest, job_argv, read_result, write_request
+from hpcstack.deffile import Definition, parse
 from hpcstack.errors import UserError
-from hpcstack.files import sha256_file, tree_size, write_atomic
+from hpcstack.files import tree_size, write_atomic
 from hpcstack.service import auth, db, recipes, store
 from hpcstack.service.config import Settings
-from hpcstack.service.executors import build_argv, make_executor
+from hpcstack.service.executors import make_executor
 from hpcstack.service.models import (
     ACTIVE,
     Artifact,
@@ -74,6 +78,7 @@ class Service:
     settings: Settings
     db: db.Database
     scheduler: Scheduler
+    open_sessions: Counter[int]  # connect sessions per UID, on this instance
     pack_locks: dict[int, threading.Lock] = field(default_factory=dict)
 
     def paths(self, key: int) -> store.Paths:
@@ -93,7 +98,10 @@ def create_app(settings: Settings) -> FastAPI:
     database = db.Database(settings.db_url)
     database.create_all()
     executor = make_executor(settings.executor, settings.slurm_partition)
-    svc = Service(settings, database, Scheduler(settings, database, executor))
+    sessions: Counter[int] = Counter()
+    svc = Service(settings, database,
+                  Scheduler(settings, database, executor, sessions_of=sessions.__getitem__),
+                  sessions)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -191,6 +199,22 @@ def image_resolver(svc: Service, uid: int):
     return resolve
 
 
+def checked_build(svc: Service, uid: int, text: str, filename: str,
+                  uploads: set[str]) -> tuple[Definition, list[str]]:
+    """Parse and check once: the model the build gets, and the images it may read."""
+    try:
+        defn = recipes.check_definition(text, filename, uploads)
+        return recipes.resolve_sources(defn, filename, uploads, image_resolver(svc, uid))
+    except UserError as err:
+        raise ServiceError(422, str(err).splitlines()[0]) from None
+
+
+def queue_build(svc: Service, row: db.ContainerRow, request: BuildRequest) -> None:
+    """Hand the checked request to the queue: written beside the container, then woken."""
+    write_request(request, svc.paths(row.id).request)
+    svc.scheduler.wake.set()
+
+
 def check_quota(svc: Service, uid: int, incoming: int) -> None:
     with svc.db.session() as s:
         used = db.usage(s, uid)
@@ -262,15 +286,15 @@ def add_routes(app: FastAPI, svc: Service) -> None:
     def create(me: Who, req: CreateRequest) -> Container:
         """A writable sandbox from a base image (``u2cb create -n NAME -b BASE``)."""
         name = checked_name(req.name)
-        spec, text = recipes.base_spec(req.base, image_resolver(svc, me.uid))
+        text = recipes.base_definition(req.base)
+        defn, readable = checked_build(svc, me.uid, text, "base.def", set())
         check_quota(svc, me.uid, 0)
         row = new_row(svc, me, me.uid, name, Kind.IMG, req.base)
         paths = svc.paths(row.id)
-        if text is not None:
-            write_atomic(paths.defdir / "base.def", text.encode())
-            spec = str(paths.defdir / "base.def")
-        write_atomic(paths.defdir / "spec", spec.encode())
-        svc.scheduler.wake.set()
+        write_atomic(paths.defdir / "base.def", text.encode())
+        queue_build(svc, row, recipes.build_request(
+            svc.settings, paths, me.uid, name="base.def", defn=defn, text=text, sandbox=True,
+            readable=readable))
         return row.model()
 
     @app.post(f"{API}/containers/def", response_model=Container, status_code=202,
@@ -298,25 +322,21 @@ def add_routes(app: FastAPI, svc: Service) -> None:
         except UnicodeDecodeError:
             raise ServiceError(422, "definition: not UTF-8 text") from None
         filename = os.path.basename(definition.filename or "build.def") or "build.def"
-        try:
-            defn = recipes.check_definition(text, filename, set(paths))
-            rewrites = recipes.localimage_rewrites(defn, filename,
-                                                   image_resolver(svc, me.uid))
-        except UserError as err:
-            raise ServiceError(422, str(err).splitlines()[0]) from None
+        defn, readable = checked_build(svc, me.uid, text, filename, set(paths))
         await asyncio.to_thread(check_quota, svc, me.uid, total)
         row = await asyncio.to_thread(new_row, svc, me, me.uid, name, Kind.DEF, filename)
         where = svc.paths(row.id)
         for upload, rel in zip(files, paths, strict=True):
             write_atomic(where.defdir / rel, await upload.read())
         write_atomic(where.dir / "submitted.def", text_bytes)
-        write_atomic(where.defdir / filename,  # named as the user's, for messages
-                           recipes.rewrite_lines(text, rewrites).encode())
+        write_atomic(where.defdir / filename, text_bytes)  # named as the user's, for messages
         with svc.db.session() as s:
             r = s.get(db.ContainerRow, row.id)
             if r is not None:
                 r.usage = total
-        svc.scheduler.wake.set()
+        queue_build(svc, row, recipes.build_request(
+            svc.settings, where, me.uid, name=filename, defn=defn, text=text, sandbox=False,
+            readable=readable))
         return row.model()
 
     @app.get(f"{API}/containers/{{name}}", response_model=Container,
@@ -474,19 +494,28 @@ def artifact(svc: Service, row: db.ContainerRow) -> Artifact:
 
 
 def pack_sandbox(svc: Service, row: db.ContainerRow, p: store.Paths) -> None:
+    """The sandbox packed into a SIF by a build job, jailed like every build, no network."""
+    store.remove(p.tmp)
     p.tmp.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HPCSTACK_TMPDIR": str(p.tmp), "TMPDIR": str(p.tmp),
-           "HPCSTACK_CACHEDIR": str(svc.settings.data_dir / "cache")}
-    argv = build_argv(["build", "--force", "--quiet", str(p.packed), str(p.sandbox)])
+    text = f"Bootstrap: localimage\nFrom: {row.name}\n"
+    defn, _ = recipes.resolve_sources(parse(text), "pack.def", set(), lambda _: str(p.sandbox))
+    spec = JailSpec(binds=[Bind(path=str(p.tmp), writable=True), Bind(path=str(p.sandbox))],
+                    scratch=str(p.jail), network=False, cwd=str(p.tmp))
+    request = BuildRequest(name=f"{row.name} (sandbox)", definition=defn, text=text,
+                           output=str(p.packed), cwd=str(p.tmp), workdir=str(p.tmp),
+                           cache_dir=str(p.tmp / "cache"), jail=spec,
+                           result=str(p.dir / "pack-result.json"))
+    path = write_request(request, p.dir / "pack-request.json")
     try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=p.dir,
-                              timeout=svc.settings.build_time_limit)
+        subprocess.run(job_argv(path), cwd=p.dir, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=svc.settings.build_time_limit, check=False)
     finally:
         store.remove(p.tmp)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["packing failed"])[-1]
-        raise ServiceError(409, f"{row.name}: cannot pack the sandbox: {last}")
-    write_atomic(p.dir / "packed.sif.sha256", sha256_file(p.packed).encode())
+    result = read_result(request)
+    if result is None or result.error is not None or not result.sha256:
+        why = str(result.error.exception()) if result and result.error else "packing failed"
+        raise ServiceError(409, f"{row.name}: cannot pack the sandbox: {why}")
+    write_atomic(p.dir / "packed.sif.sha256", result.sha256.encode())
     with svc.db.session() as s:
         r = s.get(db.ContainerRow, row.id)
         if r is not None:

@@ -41,6 +41,11 @@ class Settings(BaseModel):
     docker_cert_dir: str | None = None
     slurm_partition: str | None = None
     poll_interval: float = 0.5
+    build_network: bool = True  # pasta's user-mode network for builds and sessions; or none
+    build_loopback_ports: list[int] = []  # host loopback TCP ports builds may reach
+    build_log_bytes: int = 16 * 2**20  # a build's log is cut here, with a marker
+    session_idle_limit: float = 1800.0  # a connect session without input this long ends
+    session_time_limit: float = 8 * 3600.0  # and any session after this long
 
     @property
     def db_url(self) -> str:
@@ -51,3 +56,7 @@ class Settings(BaseModel):
 
     def tmp_dir(self) -> Path:
         return self.data_dir / "tmp"
+
+    def cache_dir(self, uid: int) -> Path:
+        """Each user's own build cache: one user's build can never feed another's."""
+        return self.data_dir / "cache" / str(uid)

@@ -1,7 +1,9 @@
-"""Where builds run: on the service's host (local) or as Slurm batch jobs.
+"""Where build jobs run: on the service's host (local) or as Slurm batch jobs.
 
-An executor starts a job, reports its exit status once it ended, and ends its
-whole process tree on cancel.  Handles are strings kept in the database so a
+Every build is the same job — ``python -m hpcstack.build.job REQUEST.json``
+(:mod:`hpcstack.build.job`), which jails the build and writes a typed result —
+so an executor only starts it, reports when it ended, and ends its whole
+process tree on cancel.  Handles are strings kept in the database so a
 restarted service can find (and clean up or follow) what it started.
 """
 
@@ -9,32 +11,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from jinja2 import Environment, PackageLoader
 
+from hpcstack import scheduler
+from hpcstack.lifetime import die_with_parent
+
 
 @dataclass
 class Job:
-    """One build: an argv run in ``cwd`` with its output appended to ``log``."""
+    """One build job: the job runner's ``argv``, run in ``cwd``, its output appended to ``log``."""
 
     key: str
     argv: list[str]
     cwd: Path
     log: Path
-    env: dict[str, str] = field(default_factory=dict)
     time_limit: float = 3600.0
-
-
-def build_argv(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "hpcstack.service.worker", *args]
 
 
 class Executor(Protocol):
@@ -50,7 +48,7 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Builds as child processes of the service, each leading its own process group."""
+    """Jobs as child processes of the service, each leading its own process group."""
 
     name = "local"
 
@@ -58,11 +56,10 @@ class LocalExecutor:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, job: Job) -> str:
-        env = {**os.environ, **job.env}
         with open(job.log, "ab") as log:
-            proc = subprocess.Popen([*job.argv, "--die-with-parent"], cwd=job.cwd,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    env=env, start_new_session=True)
+            proc = subprocess.Popen(job.argv, cwd=job.cwd, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True,
+                                    preexec_fn=die_with_parent)
         handle = f"local:{proc.pid}"
         self.procs[handle] = proc
         return handle
@@ -74,11 +71,11 @@ class LocalExecutor:
         status = proc.poll()
         if status is not None:
             del self.procs[handle]
-            self._reap_group(proc.pid)
+            self._signal(proc.pid, signal.SIGKILL)  # anything the job left behind
         return status
 
     def cancel(self, handle: str) -> None:
-        """SIGTERM to the whole group (the builder cleans up), SIGKILL after 10 s."""
+        """SIGTERM to the whole group (the job cleans up), SIGKILL after 10 s."""
         pid = int(handle.split(":", 1)[1])
         self._signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -93,7 +90,7 @@ class LocalExecutor:
         return self._group_alive(int(handle.split(":", 1)[1]))
 
     def adopt(self, handle: str) -> None:
-        """A build from before a restart: end what is left of its process group."""
+        """A job from before a restart: end what is left of its process group."""
         pid = int(handle.split(":", 1)[1])
         if self._group_alive(pid):
             self.cancel(handle)
@@ -111,15 +108,11 @@ class LocalExecutor:
             return False
         return True
 
-    def _reap_group(self, pgid: int) -> None:
-        self._signal(pgid, signal.SIGKILL)  # anything the build left behind
-
 
 class SlurmExecutor:
-    """Each build is a batch job on the build partition, followed with squeue/sacct."""
+    """Each job is a batch job on the build partition, through :mod:`hpcstack.scheduler`."""
 
     name = "slurm"
-    TERMINAL_OK = frozenset({"COMPLETED"})
 
     def __init__(self, partition: str | None = None) -> None:
         self.partition = partition
@@ -127,69 +120,45 @@ class SlurmExecutor:
                                      keep_trailing_newline=True)
 
     def script(self, job: Job) -> str:
+        import shlex
+
         return self.templates.get_template("slurm-build.sh.j2").render(
-            job=job, argv=shlex.join(job.argv), cwd=shlex.quote(str(job.cwd)),
-            env={k: shlex.quote(v) for k, v in job.env.items()})
+            job=job, argv=shlex.join(job.argv))
 
     def start(self, job: Job) -> str:
         script = job.cwd / f".u2cb-{job.key}.sbatch"
         script.write_text(self.script(job))
         minutes = max(1, int(job.time_limit // 60) + 1)
-        argv = ["sbatch", "--parsable", f"--job-name=u2cb-{job.key}", f"--output={job.log}",
-                f"--time={minutes}", f"--chdir={job.cwd}", "--export=ALL",
+        args = [f"--job-name=u2cb-{job.key}", f"--output={job.log}", f"--time={minutes}",
                 "--open-mode=append"]
         if self.partition:
-            argv.append(f"--partition={self.partition}")
-        out = subprocess.run([*argv, str(script)], capture_output=True, text=True,
-                             check=True, timeout=60).stdout
-        return f"slurm:{out.strip().split(';')[0]}"
-
-    def _state(self, jobid: str) -> tuple[str, int] | None:
-        """None while the job is pending or running; else (final state, exit status).
-
-        ``scontrol`` knows a finished job for ``MinJobAge``; ``sacct`` after that,
-        where accounting is on.
-        """
-        q = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True,
-                           text=True, timeout=30)
-        if q.returncode == 0 and "JobState=" in q.stdout:
-            fields = dict(f.split("=", 1) for f in q.stdout.split() if "=" in f)
-            state = fields.get("JobState", "UNKNOWN")
-            if state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"):
-                return None
-            return state, int(fields.get("ExitCode", "1:0").split(":")[0] or 1)
-        a = subprocess.run(["sacct", "-n", "-X", "-P", "-j", jobid, "-o", "State,ExitCode"],
-                           capture_output=True, text=True, timeout=30)
-        line = a.stdout.strip().splitlines()[0] if a.stdout.strip() else ""
-        if not line:
-            return ("UNKNOWN", -1)
-        state, _, code = line.partition("|")
-        if state.split()[0] in ("PENDING", "RUNNING"):
-            return None
-        return state.split()[0], int(code.split(":")[0] or 0)
+            args.append(f"--partition={self.partition}")
+        return f"slurm:{scheduler.submit(script, cwd=job.cwd, args=args)}"
 
     def poll(self, handle: str) -> int | None:
-        got = self._state(handle.split(":", 1)[1])
-        if got is None:
+        ended = scheduler.state(self._id(handle))
+        if ended is None:
             return None
-        state, status = got
-        if state in self.TERMINAL_OK:
-            return status
-        return status or 1
+        if ended.state == "COMPLETED":
+            return ended.exit_code
+        return ended.exit_code or 1
 
     def cancel(self, handle: str) -> None:
-        subprocess.run(["scancel", "--signal=TERM", "--full", handle.split(":", 1)[1]],
-                       capture_output=True, timeout=30)
+        scheduler.cancel(self._id(handle), "TERM")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and self.alive(handle):
             time.sleep(0.5)
-        subprocess.run(["scancel", handle.split(":", 1)[1]], capture_output=True, timeout=30)
+        scheduler.cancel(self._id(handle))
 
     def alive(self, handle: str) -> bool:
-        return self._state(handle.split(":", 1)[1]) is None
+        return scheduler.state(self._id(handle)) is None
 
     def adopt(self, handle: str) -> None:
         """A Slurm job outlives the service: nothing to clean, it is followed again."""
+
+    @staticmethod
+    def _id(handle: str) -> int:
+        return int(handle.split(":", 1)[1])
 
 
 def make_executor(name: str, partition: str | None = None) -> LocalExecutor | SlurmExecutor:

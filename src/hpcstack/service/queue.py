@@ -17,18 +17,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
-from hpcstack.files import sha256_file, tree_size
+from hpcstack.build.job import BuildRequest, BuildResult, job_argv, read_result, write_request
+from hpcstack.files import tree_size
 from hpcstack.service import db, store
 from hpcstack.service.config import Settings
-from hpcstack.service.executors import Job, build_argv
+from hpcstack.service.executors import Job
 from hpcstack.service.models import Kind, State
 
 log = logging.getLogger("u2cb")
-ERROR_PREFIX = "hpcstack: error: "
 HEARTBEAT_S = 10.0
 GONE_AFTER_S = 60.0  # an instance silent this long is dead: its builds are taken over
 CANCEL_REQUESTED = "cancel requested"
@@ -50,15 +51,6 @@ def owner_of(job: str | None) -> tuple[str | None, str | None]:
     return handle or None, instance
 
 
-def failure_reason(log_text: str, status: int) -> str:
-    """The builder's own one-line errors from the end of a log, else the exit status."""
-    errors = [ln[len(ERROR_PREFIX):] for ln in log_text.splitlines()
-              if ln.startswith(ERROR_PREFIX)]
-    if errors:
-        return "; ".join(errors[-3:])
-    return f"build failed with exit status {status}"
-
-
 def interrupted_state(attempts: int, max_attempts: int) -> tuple[State, str]:
     """What a build found running at start-up becomes (pure, for tests)."""
     if attempts < max_attempts:
@@ -69,8 +61,10 @@ def interrupted_state(attempts: int, max_attempts: int) -> tuple[State, str]:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, database: db.Database, executor) -> None:
+    def __init__(self, settings: Settings, database: db.Database, executor,
+                 sessions_of: Callable[[int], int] = lambda _uid: 0) -> None:
         self.settings = settings
+        self.sessions_of = sessions_of  # a user's open connect sessions count as builds
         self.db = database
         self.executor = executor
         self.handles: dict[int, str] = {}
@@ -184,7 +178,8 @@ class Scheduler:
             if len(self.handles) >= self.settings.max_workers:
                 return
             with self.db.session() as s:
-                if db.running_count(s, row.uid) >= self.settings.max_builds_per_user:
+                busy = db.running_count(s, row.uid) + self.sessions_of(row.uid)
+                if busy >= self.settings.max_builds_per_user:
                     continue
                 claimed = s.execute(update(db.ContainerRow)
                                     .where(db.ContainerRow.id == row.id,
@@ -212,24 +207,25 @@ class Scheduler:
                 r.job = f"{handle}@{self.settings.instance}"
 
     def job_for(self, row: db.ContainerRow, paths: store.Paths) -> Job:
-        """The ``hpcstack build`` that makes this container."""
+        """The build job that makes this container, from the request checked at submission.
+
+        The disk it may use is what the user's quota leaves now; it is enforced
+        while the build runs.
+        """
+        store.remove(paths.tmp)
         paths.tmp.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
         with paths.log.open("a") as fh:
             fh.write(f"INFO:    u2cb: build of {row.name} started {stamp} UTC "
                      f"(attempt {row.attempts + 1})\n")
-        args = ["build", "--force"]
-        if self.settings.docker_cert_dir:
-            args += ["--docker-cert-dir", self.settings.docker_cert_dir]
-        if row.kind == Kind.IMG.value:
-            spec = (paths.defdir / "spec").read_text().strip()
-            args += ["--sandbox", "--notest", str(paths.sandbox), spec]
-        else:
-            args += [str(paths.image), row.source]  # the definition, run from defdir
-        env = {"HPCSTACK_TMPDIR": str(paths.tmp), "TMPDIR": str(paths.tmp),
-               "HPCSTACK_CACHEDIR": str(self.settings.data_dir / "cache")}
-        return Job(key=str(row.id), argv=build_argv(args), cwd=paths.defdir, log=paths.log,
-                   env=env, time_limit=self.settings.build_time_limit)
+        request = BuildRequest.model_validate_json(paths.request.read_text())
+        with self.db.session() as s:
+            others = db.usage(s, row.uid) - (row.usage or 0)
+        request.limits.disk_bytes = max(0, self.settings.quota_bytes - others)
+        paths.result.unlink(missing_ok=True)
+        write_request(request, paths.request)
+        return Job(key=str(row.id), argv=job_argv(paths.request), cwd=paths.dir,
+                   log=paths.log, time_limit=self.settings.build_time_limit)
 
     # --- endings --------------------------------------------------------------------
 
@@ -262,22 +258,28 @@ class Scheduler:
         if stopped is not None:
             self._record(key, *stopped)
             return
-        if status == 0:
-            self._succeed(key, paths)
+        try:
+            result = read_result(BuildRequest.model_validate_json(paths.request.read_text()))
+        except (OSError, ValueError):
+            result = None
+        if status == 0 and result is not None and result.ok:
+            self._succeed(key, paths, result)
             return
-        text = paths.log.read_text(errors="replace") if paths.log.exists() else ""
-        self._record(key, State.FAILED, failure_reason(text[-20000:], status))
+        if result is not None and result.error is not None:
+            reason = str(result.error.exception())
+        else:
+            reason = f"build failed with exit status {status}"
+        self._record(key, State.FAILED, reason)
 
-    def _succeed(self, key: int, paths: store.Paths) -> None:
+    def _succeed(self, key: int, paths: store.Paths, result: BuildResult) -> None:
         with self.db.session() as s:
             row = s.get(db.ContainerRow, key)
             if row is None:
                 return
-            if row.kind == Kind.DEF.value and paths.image.is_file():
-                row.sha256 = sha256_file(paths.image)
-                row.size = paths.image.stat().st_size
+            if row.kind == Kind.DEF.value and paths.image.is_file() and result.sha256:
+                row.sha256, row.size = result.sha256, result.size
             elif row.kind == Kind.IMG.value and paths.sandbox.is_dir():
-                row.size = tree_size(paths.sandbox)
+                row.size = result.size
             else:
                 row.state, row.reason = State.FAILED.value, "the build left no image"
                 row.finished = db.now()

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from hpcstack.build.session import session_argv
+from hpcstack.build import session
+from hpcstack.errors import UserError
 from hpcstack.files import tree_size
 from hpcstack.service.models import ACTIVE, Kind, State
 
@@ -93,9 +94,19 @@ def add_websockets(app: FastAPI, svc: Service) -> None:
         if State(row.state) in ACTIVE or row.state != State.READY.value:
             await refuse(ws, 409, f"{name}: not ready (the build is {row.state})")
             return
-        command = ws.query_params.getlist("cmd")
-        await ws.accept()
-        status = await run_session(svc, ws, row, command, rows, cols, term)
+        busy = await asyncio.to_thread(running_builds, svc, row.uid)
+        busy += svc.open_sessions[row.uid]  # no await between this check and the count
+        if busy >= svc.settings.max_builds_per_user:
+            await refuse(ws, 429, f"{name}: {busy} builds and sessions of yours are running, "
+                         f"{svc.settings.max_builds_per_user} at once allowed; end one first")
+            return
+        svc.open_sessions[row.uid] += 1
+        try:
+            await ws.accept()
+            status = await run_session(svc, ws, row, ws.query_params.getlist("cmd"), rows,
+                                       cols, term)
+        finally:
+            svc.open_sessions[row.uid] -= 1
         with contextlib.suppress(Exception):
             await ws.send_text(json.dumps({"exit": status}))
             await ws.close()
@@ -107,10 +118,17 @@ async def run_session(svc: Service, ws: WebSocket, row, command: list[str], rows
     paths = svc.paths(row.id)
     master, slave = pty.openpty()
     set_winsize(master, rows, cols)
-    env = {**os.environ, "TERM": term if term.replace("-", "").isalnum() else "xterm"}
-    argv = ["setsid", "--ctty", "--wait", *session_argv(str(paths.sandbox), command)]
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                            cwd=paths.dir, close_fds=True)
+    term = term if term.replace("-", "").isalnum() and len(term) < 64 else "xterm"
+    try:
+        proc = await asyncio.to_thread(session.start, str(paths.sandbox), command,
+                                       network=svc.settings.build_network, term=term,
+                                       tty=slave,
+                                       loopback_ports=svc.settings.build_loopback_ports)
+    except UserError as err:
+        os.close(slave)
+        os.close(master)
+        await ws.send_bytes(f"u2cb: {err}\r\n".encode())
+        return 1
     os.close(slave)
     loop = asyncio.get_running_loop()
     output: asyncio.Queue[bytes] = asyncio.Queue()
@@ -130,24 +148,45 @@ async def run_session(svc: Service, ws: WebSocket, row, command: list[str], rows
         while data := await output.get():
             await ws.send_bytes(data)
 
+    last_input = loop.time()
+
     async def pump_in() -> None:
+        nonlocal last_input
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
                 return
+            last_input = loop.time()
             if msg.get("bytes"):
                 os.write(master, msg["bytes"])
             elif msg.get("text"):
                 control(master, msg["text"])
 
+    async def limits() -> None:
+        """The site's limits on a session: idle time (no input) and total time."""
+        idle, total = svc.settings.session_idle_limit, svc.settings.session_time_limit
+        started = loop.time()
+        while True:
+            now = loop.time()
+            if now - last_input > idle or now - started > total:
+                why = (f"no input for {idle:g} s" if now - last_input > idle
+                       else f"the time limit of {total:g} s")
+                with contextlib.suppress(Exception):
+                    await ws.send_bytes(f"\r\nu2cb: session ended: {why}\r\n".encode())
+                return
+            await asyncio.sleep(min(1.0, idle, total))
+
     out_task = asyncio.create_task(pump_out())
     in_task = asyncio.create_task(pump_in())
+    limit_task = asyncio.create_task(limits())
     try:
-        await asyncio.wait({out_task, in_task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({out_task, in_task, limit_task},
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if not out_task.done():  # the client went away: end the session
+        if not out_task.done():  # the client went away, or a limit: end the session
             await asyncio.to_thread(hang_up, proc)
         in_task.cancel()
+        limit_task.cancel()
         status = await asyncio.to_thread(proc.wait)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(out_task, 2)
@@ -181,6 +220,14 @@ def control(master: int, text: str) -> None:
     if isinstance(msg, dict) and isinstance(msg.get("resize"), list) and len(msg["resize"]) == 2:
         with contextlib.suppress(TypeError, ValueError, OSError):
             set_winsize(master, int(msg["resize"][0]), int(msg["resize"][1]))
+
+
+def running_builds(svc: Service, uid: int) -> int:
+    """A user's running builds: with open sessions they count against ``--per-user``."""
+    from hpcstack.service import db
+
+    with svc.db.session() as s:
+        return db.running_count(s, uid)
 
 
 def update_usage(svc: Service, key: int) -> None:

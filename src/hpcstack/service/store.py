@@ -3,8 +3,9 @@
 One directory per container record (by id, so user-chosen names never become
 paths): ``def/`` (the definition and its uploads), ``image.sif`` (a finished
 build), ``sandbox/`` (a writable tree), ``packed.sif`` (a sandbox packed for
-download) and ``build.log``.  Files are written under a temporary name and
-renamed; every image's sha256 is recorded.
+download), ``build.log``, and the build job's ``request.json`` and
+``result.json``.  Files are written under a temporary name and renamed; every
+image's sha256 is recorded.
 """
 
 from __future__ import annotations
@@ -40,7 +41,22 @@ class Paths:
 
     @property
     def tmp(self) -> Path:
+        """The running build's scratch: the only place its jail may write."""
         return self.dir / "tmp"
+
+    @property
+    def jail(self) -> Path:
+        """An empty directory the build's jail mounts its root on (in its namespace)."""
+        return self.dir / "jail"
+
+    @property
+    def request(self) -> Path:
+        """The typed build request (:class:`~hpcstack.build.job.BuildRequest`)."""
+        return self.dir / "request.json"
+
+    @property
+    def result(self) -> Path:
+        return self.dir / "result.json"
 
 
 def remove(path: Path) -> None:
