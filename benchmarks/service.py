@@ -7,12 +7,19 @@
    latency at 1, 8 and 32 concurrent clients (API token auth; one MUNGE figure).
 2. ``u2cb download`` throughput against reading the same file from disk
    (target >= 0.8).
-3. A definition built through the service against ``hpcstack build`` directly
-   (target <= 1.05 x + 1 s).
+3. A definition built through the service (in its jail) against ``hpcstack build``
+   directly (target <= 1.05 x + 1 s).
+4. ``u2cb connect -- true`` round trip, and what the jail adds: a session started
+   in its jail (namespaces, pivot_root, pasta) against the same command run the way
+   sessions ran before the jail (``unshare`` fake root and ``chroot``).
 
-The service runs as the calling user on a scratch data directory; A and B are
-interleaved over several rounds and medians compared, as this shared 2-vCPU
-machine drifts from minute to minute.
+Run it as an ordinary user with subordinate IDs (the service runs as that user on
+a scratch data directory)::
+
+    runuser -u hpcbench -- /opt/hpcstack/bin/python benchmarks/service.py
+
+A and B are interleaved over several rounds and medians compared, as this shared
+2-vCPU machine drifts from minute to minute.
 """
 
 from __future__ import annotations
@@ -181,6 +188,7 @@ def main() -> None:
               f" server and hash share {os.cpu_count()} CPUs")
 
         build_comparison(client, base, rounds)
+        connect_comparison(client, url, token, settings, rounds * 4)
     finally:
         server.terminate()
         server.wait()
@@ -221,6 +229,40 @@ def build_comparison(client: Client, base: Path, rounds: int) -> None:
     print(f"\n3. A definition built (median of {rounds})")
     print(f"   hpcstack build {d:6.2f} s   through the service {s:6.2f} s   ratio {s / d:.2f}"
           f"   (target <= 1.05 x + 1 s = {1.05 * d + 1:.2f} s)")
+
+
+def connect_comparison(client: Client, url: str, token: str, settings: Settings,
+                       rounds: int) -> None:
+    """``connect -- true``: the whole round trip, and the jail's share of it."""
+    from hpcstack.build.session import start
+
+    client.create("box", "debootstrap://bookworm")
+    while (state := client.status("box")["state"]) not in ("ready", "failed", "cancelled"):
+        time.sleep(0.2)
+    if state != "ready":
+        print(f"\n4. connect: the sandbox build {state}; not measured")
+        return
+    u2cb = [str(BIN / "u2cb"), "--server", url]
+    env = {**os.environ, "U2CB_TOKEN": token}
+    sandbox = next(settings.containers_dir().glob("*/sandbox"))
+    trip, jailed, bare = [], [], []
+    for _ in range(rounds):  # interleaved A B C
+        trip.append(timed(lambda: subprocess.run([*u2cb, "connect", "-n", "box", "--", "true"],
+                                                 env=env, check=True, capture_output=True)))
+        master, tty = os.openpty()
+        jailed.append(timed(lambda tty=tty: start(str(sandbox), ["true"], network=True,
+                                                  term="xterm", tty=tty).wait()))
+        bare.append(timed(lambda tty=tty: subprocess.run(
+            ["unshare", "--map-root-user", "--map-auto", "--mount", "--pid", "--fork",
+             "chroot", str(sandbox), "true"], stdin=tty, stdout=tty, stderr=tty, check=True)))
+        os.close(tty)
+        os.close(master)
+    t = statistics.median(trip)
+    print(f"\n4. u2cb connect -n box -- true (median of {rounds})")
+    print(f"   round trip {1000 * t:7.1f} ms (client, WebSocket, service, jailed session)")
+    j, b = statistics.median(jailed), statistics.median(bare)
+    print(f"   session in its jail {1000 * j:7.1f} ms   unshare + chroot {1000 * b:7.1f} ms"
+          f"   the jail adds {1000 * (j - b):.1f} ms")
 
 
 if __name__ == "__main__":

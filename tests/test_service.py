@@ -173,8 +173,16 @@ def admin() -> User:
 
 
 def data_dir(account: User, name: str) -> Path:
-    """A fresh data directory, unique to this test run (several runs may share a machine)."""
+    """A fresh data directory, unique to this test run (several runs may share a machine).
+
+    Those of earlier runs that have ended are removed (sandboxes hold files of
+    subordinate IDs: removed by the account from a user namespace).
+    """
     path = account.home / "u2cb-test" / f"{name}-{os.getpid()}"
+    for old in path.parent.glob(f"{name}-*"):
+        pid = old.name.rsplit("-", 1)[1].split(".")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            account.run(["unshare", "--map-root-user", "--map-auto", "rm", "-rf", str(old)])
     account.run(["rm", "-rf", str(path)])
     account.run(["mkdir", "-p", str(path.parent)], check=True)
     return path

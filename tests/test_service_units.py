@@ -27,7 +27,6 @@ from hpcstack.service.models import NAME_MAX, Kind, State, name_problem, upload_
 from hpcstack.service.queue import (
     GONE_AFTER_S,
     Scheduler,
-    failure_reason,
     interrupted_state,
     owner_of,
 )
@@ -80,24 +79,48 @@ def test_bad_definition_is_file_line_message() -> None:
                                  set())
 
 
-def test_localimage_names_own_containers() -> None:
+def test_localimage_names_own_containers_in_the_model() -> None:
+    """The model gets the path; the text (stored in the image) keeps the user's name."""
     text = "Bootstrap: localimage\nFrom: base\n%post\n    true\n"
     defn = recipes.check_definition(text, "l.def", set())
-    rewrites = recipes.localimage_rewrites(defn, "l.def", {"base": "/srv/1/image.sif"}.get)
-    assert recipes.rewrite_lines(text, rewrites).splitlines()[1] == "From: /srv/1/image.sif"
-    with pytest.raises(UserError, match=r"^l\.def:2: From: base: localimage must name"):
-        recipes.localimage_rewrites(defn, "l.def", {}.get)
+    pinned, readable = recipes.resolve_sources(defn, "l.def", set(),
+                                               {"base": "/srv/1/image.sif"}.get)
+    assert pinned.final.get("From") == "/srv/1/image.sif" and readable == ["/srv/1/image.sif"]
+    assert pinned.final.post == defn.final.post
+    for ref in ("base", "/srv/1/image.sif", "../1/image.sif", "theirs"):
+        bad = recipes.check_definition(text.replace("base", ref), "l.def", set())
+        with pytest.raises(UserError, match=r"^l\.def:2: From: .*localimage must name"):
+            recipes.resolve_sources(bad, "l.def", set(), {}.get)
 
 
-def test_base_specs() -> None:
-    assert recipes.base_spec("docker://reg:5000/debian:12", {}.get) == \
-        ("docker://reg:5000/debian:12", None)
-    _spec, text = recipes.base_spec("debootstrap://bookworm", {}.get)
-    assert text == "Bootstrap: debootstrap\nOSVersion: bookworm\n"
-    assert recipes.base_spec("mine", {"mine": "/srv/2/sandbox"}.get)[0] == "/srv/2/sandbox"
-    for bad in ("library://x", "theirs", "../x", "debootstrap://a b"):
+@pytest.mark.parametrize("agent", ["oci-archive", "docker-archive", "oci"])
+def test_archives_come_from_uploads_only(agent: str) -> None:
+    for ref in ("/tmp/x.tar", "../x.tar", "x.tar"):
+        defn = recipes.check_definition(f"Bootstrap: {agent}\nFrom: {ref}\n", "a.def", set())
+        with pytest.raises(UserError, match=rf"^a\.def:2: From: .*{agent} must name a file"):
+            recipes.resolve_sources(defn, "a.def", set(), {}.get)
+    defn = recipes.check_definition(f"Bootstrap: {agent}\nFrom: x.tar\n", "a.def", {"x.tar"})
+    assert recipes.resolve_sources(defn, "a.def", {"x.tar"}, {}.get) == (defn, [])
+
+
+@pytest.mark.parametrize("char", ["\f", "\v", "\r", "\x00", "\x85", "\u2028", "\u2029",
+                                  "\x1c"])
+def test_line_breaks_only_some_readers_see_are_refused(char: str) -> None:
+    """A checker splitting on them and a builder not would see different stages."""
+    text = f"Bootstrap: scratch\n%post\n    true{char}Bootstrap: localimage\n"
+    with pytest.raises(UserError, match=r"^f\.def:3: control character U\+"):
+        recipes.check_definition(text, "f.def", set())
+
+
+def test_base_definitions() -> None:
+    assert recipes.base_definition("docker://reg:5000/debian:12") == \
+        "Bootstrap: docker\nFrom: reg:5000/debian:12\n"
+    assert recipes.base_definition("debootstrap://bookworm") == \
+        "Bootstrap: debootstrap\nOSVersion: bookworm\n"
+    assert recipes.base_definition("mine") == "Bootstrap: localimage\nFrom: mine\n"
+    for bad in ("library://x", "../x", "debootstrap://a b", "docker://a\x0cb", "/etc"):
         with pytest.raises(UserError, match=r"^base "):
-            recipes.base_spec(bad, {}.get)
+            recipes.base_definition(bad)
 
 
 # --- MUNGE and the queue rules ---------------------------------------------------------
@@ -116,12 +139,6 @@ def test_parse_unmunge() -> None:
     assert auth.parse_unmunge(UNMUNGE) == auth.Decoded(1001, 100)
     with pytest.raises(auth.AuthError):
         auth.parse_unmunge("STATUS: Success (0)\n")
-
-
-def test_failure_reason_takes_the_builders_line() -> None:
-    log = "INFO: x\n+ false\nhpcstack: error: t.def:4: %post failed with exit status 3\n"
-    assert failure_reason(log, 1) == "t.def:4: %post failed with exit status 3"
-    assert failure_reason("noise\n", 9) == "build failed with exit status 9"
 
 
 def test_interrupted_builds_are_requeued_then_failed() -> None:

@@ -34,6 +34,7 @@ import fcntl
 import os
 import platform
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -253,8 +254,11 @@ def system_tree(root: str) -> None:
 
 
 def python_dirs() -> list[str]:
-    """Directories outside ``/usr`` that the running Python imports from."""
-    dirs = {os.path.realpath(p) for p in (sys.prefix, *sys.path) if p and os.path.isdir(p)}
+    """Directories outside ``/usr`` that the running Python imports from.
+
+    Not ``sys.path[0]``: under ``python -m`` that is the working directory.
+    """
+    dirs = {os.path.realpath(p) for p in (sys.prefix, *sys.path[1:]) if p and os.path.isdir(p)}
     outside = sorted(d for d in dirs if not d.startswith("/usr/") and d != "/")
     return [d for d in outside if not any(d.startswith(o + "/") for o in outside)]
 
@@ -335,6 +339,76 @@ def bring_up_loopback() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP))
 
 
+CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
+
+
+def _identity_map(kind: str) -> str:
+    """This user namespace's IDs mapped one to one, extent by extent.
+
+    (Each extent of a child's map must lie within one extent of its parent's.)
+    """
+    with open(f"/proc/self/{kind}_map") as fh:
+        extents = [line.split() for line in fh if line.strip()]
+    return "".join(f"{inside} {inside} {count}\n" for inside, _, count in extents)
+
+
+def lock_mounts() -> None:
+    """Go on in a nested user namespace, in which every mount of the jail is locked.
+
+    Mounts made by a user namespace's root may be remounted by it: a read-only
+    bind would not stay read-only against the job's fake root.  Mounts copied into
+    a mount namespace of a *child* user namespace are locked — neither made
+    writable again nor unmounted to show what lies below.  The IDs map one to one,
+    so files keep their owners.  This process stays behind as the namespace's
+    init: it reaps, forwards SIGTERM and SIGHUP, and exits with the job's status.
+    """
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(ready_r)
+        os.close(go_w)
+        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+            os._exit(126)
+        os.write(ready_w, READY)
+        if os.read(go_r, 1) != GO:
+            os._exit(126)
+        os.close(ready_w)
+        os.close(go_r)
+        return
+    os.close(ready_w)
+    os.close(go_r)
+    if os.read(ready_r, 1) != READY:
+        os._exit(126)
+    for kind in ("uid", "gid"):
+        with open(f"/proc/{child}/{kind}_map", "w") as fh:
+            fh.write(_identity_map(kind))
+    os.write(go_w, GO)
+    _reap_until(child)
+
+
+def _reap_until(child: int) -> None:
+    """As init: forward the signals that end a job, reap everything, exit as ``child``."""
+    def forward(signum, _frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for sig in (signal.SIGINT, signal.SIGQUIT):  # the terminal's: for the job, not us
+        signal.signal(sig, lambda *_: None)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(1)
+        except InterruptedError:
+            continue
+        if pid == child:
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status)
+                     else 128 + os.WTERMSIG(status))
+
+
 def enter(spec: JailSpec) -> None:
     """As PID 1 of the new namespaces: build the jail's root and pivot into it."""
     if not spec.network:
@@ -358,4 +432,30 @@ def enter(spec: JailSpec) -> None:
     pivot(root)
     if not spec.rootfs:
         set_read_only("/", True, recursive=False)  # the skeleton itself stays as built
+        lock_mounts()
     os.chdir(spec.cwd)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m hpcstack.build.jail SPEC_JSON -- CMD…``: run one command in a jail.
+
+    What a build would see, for an admin to look at (and for the tests)::
+
+        python -m hpcstack.build.jail '{"binds": [{"path": "/srv/x"}]}' -- ls /srv
+    """
+    if argv[:1] != ["--jail-fds"]:
+        spec = JailSpec.model_validate_json(argv[0])
+        proc = start("hpcstack.build.jail", argv, spec)
+        return proc.wait()
+    argv = handshake(argv)
+    spec = JailSpec.model_validate_json(argv[0])
+    command = argv[2:] if argv[1:2] == ["--"] else argv[1:]
+    if not spec.rootfs and not spec.scratch:
+        spec.scratch = "/tmp"  # mounted over only in this mount namespace
+    enter(spec)
+    os.execvp(command[0], command)
+    return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

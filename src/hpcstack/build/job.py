@@ -287,7 +287,10 @@ def main(argv: list[str]) -> int:
     write_atomic(Path(request.result), result.model_dump_json())
     if result.error is not None:
         print(f"hpcstack: error: {result.error.exception()}", file=sys.stderr)
-    return 0 if result.ok else 1
+        return 1
+    print(f"INFO:    Built {Path(request.output).name} ({result.size / 2**20:.1f} MiB) in "
+          f"{result.seconds:.1f} s", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -353,11 +353,12 @@ def _scan_stage(chunk: list[tuple[int, str]], builder: _StageBuilder) -> Stage |
 # Characters that some readers take for line breaks and others do not (Python's
 # ``str.splitlines()`` splits on all of these, Apptainer's parser on none): a file
 # holding one could mean one thing to a checker and another to a builder.
-CONFUSING = re.compile("[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
+# NUL ends strings in the C tools that read the file next.
+CONFUSING = re.compile("[\x00\x0b\x0c\r\x1c-\x1e\x85\u2028\u2029]")
 
 
 def confusing_characters(lines: list[str], filename: str) -> list[DefFileError]:
-    """One problem per line holding a control character or a Unicode line separator."""
+    """One problem per line holding such a character (CRLF line ends are fine)."""
     out = []
     for number, line in enumerate(lines, start=1):
         if found := CONFUSING.search(line):
