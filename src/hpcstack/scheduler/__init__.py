@@ -8,6 +8,6 @@ as another user (tests submit as an ordinary user)::
     result = wait(job, timeout=300)      # JobResult(state="COMPLETED", exit_code=0, ...)
 """
 
-from hpcstack.scheduler.slurm import JobResult, Runner, job_info, submit, wait
+from hpcstack.scheduler.slurm import JobResult, Runner, cancel, job_info, submit, wait
 
-__all__ = ["JobResult", "Runner", "job_info", "submit", "wait"]
+__all__ = ["JobResult", "Runner", "cancel", "job_info", "submit", "wait"]

@@ -68,6 +68,11 @@ def job_info(job_id: int, run: Runner | None = None) -> dict[str, str]:
     return fields
 
 
+def cancel(job_id: int, run: Runner | None = None) -> None:
+    """``scancel`` the job (nothing happens when it has ended already)."""
+    _call(run or _default_runner, ["scancel", str(job_id)])
+
+
 def wait(job_id: int, *, timeout: float = 600, poll: float = 0.5,
          run: Runner | None = None) -> JobResult:
     """Wait until the job ends; a :class:`JobResult` (``UserError`` on timeout)."""
