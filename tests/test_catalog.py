@@ -221,6 +221,28 @@ def test_debian_flavour_recipes(recipes: dict[str, str]) -> None:
     assert len(_stages(gromacs)) == 1 and "--no-install-recommends gromacs" in gromacs
 
 
+def test_debian_bases_serve_srun_pmi2_and_carry_an_mpi_hello() -> None:
+    """Open MPI bases that promise pmi2 build Open MPI's s2 component; every MPI base
+    gets /usr/libexec/hpcstack/mpi-hello; the compiler leaves again."""
+    def base_def(mpi: str) -> str:
+        catalog = parse_catalog("bases:\n  - {name: b, flavour: debian, os: debian12, "
+                                f"mpi: {mpi}}}\n")
+        [base] = expand(catalog).bases
+        return render_image(base, "def", "/srv").text
+
+    ompi = base_def("{name: openmpi, version: '4.1', pmi: [pmix, pmi2]}")
+    assert "apt-get $apt source --download-only -qq openmpi=" in ompi
+    assert "-o /usr/lib/$ma/openmpi/lib/openmpi3/mca_pmix_s2.so" in ompi
+    assert "gcc -O2 -o /usr/libexec/hpcstack/mpi-hello -I$inc hello.c $lib" in ompi
+    assert "new=$(for p in gcc libc6-dev xz-utils; do dpkg -s $p" in ompi
+    assert "apt-mark auto $new >/dev/null && apt-get autoremove -y -qq --purge" in ompi
+    pmix_only = base_def("{name: openmpi, version: '4.1', pmi: [pmix]}")
+    assert "mca_pmix_s2" not in pmix_only and "/usr/libexec/hpcstack/mpi-hello" in pmix_only
+    mpich = base_def("{name: mpich, version: '4.0', pmi: [pmi2]}")
+    assert "mca_pmix_s2" not in mpich and "lib=/usr/lib/$ma/libmpich.so.12" in mpich
+    assert "--no-install-recommends mpich" in mpich
+
+
 def test_naming_rule() -> None:
     assert base_tag("ubuntu22.04", ("gnu", "12.3"), "12.4.1", ("openmpi", "4.1.6"),
                     "mlnx_ofed", True, None, "x86_64") == \

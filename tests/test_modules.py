@@ -41,10 +41,11 @@ def put(user: User, path: Path, text: str) -> Path:
 
 @pytest.fixture(scope="module")
 def images(user: User) -> dict[str, Path]:
-    """gromacs.sif and lammps.sif, built by hpcstack as the user from examples/modules/.
+    """gromacs.sif, lammps.sif (Open MPI) and mpi-hello-mpich.sif (MPICH), built by
+    hpcstack as the user from examples/modules/.
 
     An image built earlier from the very same definition file is reused (a fresh
-    machine, as in CI, builds both: about three minutes here)."""
+    machine, as in CI, builds all three: about five minutes here)."""
     need("mmdebstrap", "unshare", "mksquashfs", "siftool", "ch-run", "unsquashfs")
     work = user.home / "work" / "modules-images"
     user.run(["mkdir", "-p", str(work)], check=True)
@@ -65,6 +66,7 @@ def images(user: User) -> dict[str, Path]:
     # The bootstrap is shared through the build cache: build one first when it is cold.
     build("gromacs")
     build("lammps")
+    build("mpi-hello-mpich")
     for name, proc in results.items():
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
     return {name: work / f"{name}.sif" for name in results}
@@ -75,6 +77,7 @@ root: {root}
 module_system: both
 runtime: charliecloud
 shell_functions: {functions}
+launchers: [pmi2, pmix, mpirun]
 apps:
   - name: gromacs
     version: 2022-cpu
@@ -86,6 +89,10 @@ apps:
     image: {lammps}
     commands: [lmp]
     mpi: openmpi
+  - name: mpi-hello
+    version: mpich
+    image: {mpich}
+    mpi: mpich
 """
 
 
@@ -95,7 +102,8 @@ def site(user: User, images: dict[str, Path]) -> Path:
     need("ch-run", "unsquashfs")
     work = user.workdir("modules-site")
     path = put(user, work / "site.yaml", SITE.format(
-        root=work / "modules", functions="true", **{k: str(v) for k, v in images.items()}))
+        root=work / "modules", functions="true", gromacs=images["gromacs"],
+        lammps=images["lammps"], mpich=images["mpi-hello-mpich"]))
     proc = user.hpcstack("modules", "deploy", "-c", str(path))
     assert proc.returncode == 0, proc.stderr
     return path
@@ -296,7 +304,10 @@ run          100
 
 def _sbatch(user: User, root: Path, cluster: slurm_fixture.Slurm, work: Path,
             script: str) -> str:
-    """Submit like a user whose login shell has Lmod (sbatch passes the environment on)."""
+    """Submit like a user whose login shell has Lmod (sbatch passes the environment on).
+
+    The job's output: ``job.out`` when the script names it, else Slurm's
+    ``slurm-JOBID.out``."""
     put(user, work / "job.sh", script)
     prelude = f"source {LMOD_INIT}\nexport MODULEPATH={root}/lmod\ncd {work}\n"
 
@@ -305,7 +316,8 @@ def _sbatch(user: User, root: Path, cluster: slurm_fixture.Slurm, work: Path,
 
     job = submit(work / "job.sh", cwd=work, run=run)
     result = wait(job, timeout=300, run=lambda argv: user.run(argv, env=cluster.env))
-    out = (work / "job.out").read_text() if (work / "job.out").exists() else ""
+    path = work / "job.out" if "-o job.out" in script else work / f"slurm-{job}.out"
+    out = path.read_text() if path.exists() else ""
     assert result.ok, f"{result.state} {result.exit_code}\n{out[-4000:]}\n{cluster.logs()}"
     return out
 
@@ -322,6 +334,100 @@ def test_sbatch_lammps_srun_pmix(user: User, root: Path, cluster: slurm_fixture.
     out = _sbatch(user, root, cluster, work, LAMMPS_JOB)
     assert "by 2 MPI processor" in out or "2 by 1 by 1 MPI processor grid" in out, out[-3000:]
     assert "Loop time of" in out
+
+
+# The seed's own job scripts (the talk's slides), unchanged but for the module names,
+# the partition and small inputs: `srun --mpi=pmi2`, which Debian's Open MPI cannot serve
+# by itself; the example images add Open MPI's PMI-2 component (docs/modules.md, 4).
+SEED_GROMACS_JOB = """\
+#!/bin/bash
+#SBATCH --job-name=gmx_test
+#SBATCH --partition=debug
+#SBATCH -n 2
+#SBATCH --ntasks-per-node=2
+
+module load gromacs/2022-cpu
+
+srun --mpi=pmi2 gmx_mpi mdrun -resethway -noconfout -nsteps 200 -v -ntomp 1
+"""
+
+SEED_LAMMPS_JOB = """\
+#!/bin/bash
+#SBATCH --job-name=lmp_test
+#SBATCH --partition=debug
+#SBATCH -n 2
+#SBATCH --ntasks-per-node=2
+
+module load lammps/2022-cpu
+
+srun --mpi=pmi2 lmp -in in.lj
+"""
+
+
+def test_seed_gromacs_job_srun_pmi2(user: User, root: Path,
+                                    cluster: slurm_fixture.Slurm) -> None:
+    work = user.workdir("modules-seed-gromacs")
+    proc = lmod(user, root, f"""
+        module load gromacs/2022-cpu
+        cd {work}
+        gmx grompp -quiet -f /opt/water/md.mdp -c /opt/water/conf.gro \\
+            -p /opt/water/topol.top -o topol.tpr
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = _sbatch(user, root, cluster, work, SEED_GROMACS_JOB)
+    assert "Using 2 MPI processes" in out, out[-3000:]
+    assert "Performance:" in out
+
+
+def test_seed_lammps_job_srun_pmi2(user: User, root: Path,
+                                   cluster: slurm_fixture.Slurm) -> None:
+    work = user.workdir("modules-seed-lammps")
+    put(user, work / "in.lj", IN_LJ)
+    out = _sbatch(user, root, cluster, work, SEED_LAMMPS_JOB)
+    assert "2 by 1 by 1 MPI processor grid" in out or "by 2 MPI processor" in out, out[-3000:]
+    assert "Loop time of" in out
+
+
+# --- modules check --mpi: every app under every promised launcher -------------------------
+
+
+def test_check_mpi_table(user: User, site: Path, cluster: slurm_fixture.Slurm) -> None:
+    """Open MPI images work with all three launchers; Debian's MPICH only with pmi2: it
+    has no PMIx client, so `srun --mpi=pmix` and the host's Open MPI `mpirun` start
+    singletons, and the check fails (exit 1) naming them."""
+    proc = user.hpcstack("modules", "check", "-c", str(site), "--mpi", "--json",
+                         env=cluster.env, timeout=900)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["problems"] == []
+    got = {(t["module"], t["launcher"]): t for t in report["mpi"]}
+    for module in ("gromacs/2022-cpu", "lammps/2022-cpu"):
+        for launcher in ("pmi2", "pmix", "mpirun"):
+            t = got[(module, launcher)]
+            assert t["works"] and t["detail"] == "2 ranks", (t, cluster.logs())
+    assert got[("mpi-hello/mpich", "pmi2")]["works"], got[("mpi-hello/mpich", "pmi2")]
+    for launcher in ("pmix", "mpirun"):
+        t = got[("mpi-hello/mpich", launcher)]
+        assert not t["works"] and "singletons" in t["detail"], t
+    assert len(got) == 9
+
+
+def test_check_mpi_plain_table_and_one_launcher(user: User, site: Path,
+                                                cluster: slurm_fixture.Slurm) -> None:
+    proc = user.hpcstack("modules", "check", "-c", str(site), "--mpi", "--launcher", "pmi2",
+                         env=cluster.env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert rows[0] == ["module", "pmi2"]
+    assert {r[0]: r[1] for r in rows[1:]} == {"gromacs/2022-cpu": "works",
+                                              "lammps/2022-cpu": "works",
+                                              "mpi-hello/mpich": "works"}
+
+
+def test_check_mpi_bad_launcher_is_one_line(user: User, site: Path) -> None:
+    line = _one_line_error(user.hpcstack("modules", "check", "-c", str(site), "--mpi",
+                                         "--launcher", "pmi3"))
+    assert line.endswith("error: --launcher pmi3: expected one of pmi2, pmix, mpirun"), line
 
 
 # --- lifecycle: list, check, remove -----------------------------------------------------

@@ -75,12 +75,25 @@ def test_defaults() -> None:
     ("apps:\n  - {name: a, version: '1', image: x, env: {1X: y}}", "apps[0].env"),
     ("runtime: docker", "runtime"),
     ("module_system: spack", "module_system"),
+    ("launchers: [pmi2, openmpi]", "launchers[1]"),
+    ("launchers: [pmix, pmix]", "launchers"),
+    ("launchers: pmix", "launchers"),
+    ("apps:\n  - {name: a, version: '1', image: x, mpi_hello: bin/hello}", "apps[0].mpi_hello"),
 ])
 def test_schema_errors_name_the_field(body: str, field: str) -> None:
     with pytest.raises(UserError) as err:
         site(body)
     assert str(err.value).startswith(f"site.yaml: {field}: ")
     assert "\n" not in str(err.value)
+
+
+def test_launchers() -> None:
+    assert site().launchers == []
+    assert site("launchers: [pmi2, pmix, mpirun]").launchers == ["pmi2", "pmix", "mpirun"]
+    with pytest.raises(UserError) as err:
+        site("launchers: [pmi2, openmpi]")
+    assert str(err.value) == ("site.yaml: launchers[1]: Input should be 'pmi2', 'pmix' or "
+                              "'mpirun'")
 
 
 def test_yaml_syntax_error_has_line() -> None:
@@ -188,3 +201,53 @@ def test_lua_and_tcl_quoting_round_trip(text: str) -> None:
         out = subprocess.run([tcl], input=script.encode(), capture_output=True,
                              check=True).stdout
         assert out == text.encode()
+
+
+# --- modules check --mpi: the job script and the verdict --------------------------------
+
+
+def test_mpi_check_job_script() -> None:
+    from hpcstack.modules.mpicheck import job_script
+
+    text = job_script(module="gromacs/2022-cpu", modulepath="/opt/m/lmod", launcher="pmi2",
+                      hello="hpcstack-mpi-hello", output="/w/out", partition="debug",
+                      timeout=90, lmod_init="/usr/share/lmod/lmod/init/bash")
+    assert text.splitlines()[0] == "#!/bin/bash"
+    for line in ("#SBATCH -n 2", "#SBATCH --ntasks-per-node=2", "#SBATCH --time=2",
+                 "#SBATCH --output=/w/out", "#SBATCH --partition=debug",
+                 "source /usr/share/lmod/lmod/init/bash", "export MODULEPATH=/opt/m/lmod",
+                 "module load gromacs/2022-cpu || exit 97",
+                 "srun --mpi=pmi2 -n 2 hpcstack-mpi-hello"):
+        assert line in text.splitlines(), line
+    tcl = job_script(module="a/1", modulepath="/m/tcl", launcher="mpirun", hello="h",
+                     output="o", modulecmd=["tclsh", "/x/modulecmd.tcl"])
+    assert 'module() { eval "$(tclsh /x/modulecmd.tcl bash "$@")"; }' in tcl
+    assert "mpirun -np 2 h" in tcl.splitlines() and "--partition" not in tcl
+    with pytest.raises(UserError):
+        job_script(module="a/1", modulepath="/m", launcher="pmix", hello="h", output="o")
+
+
+@pytest.mark.parametrize(("output", "ok", "works", "detail"), [
+    ("hello from rank 1 of 2 (rank sum 1)\nhello from rank 0 of 2 (rank sum 1)\n", True,
+     True, "2 ranks"),
+    ("hello from rank 0 of 1 (rank sum 0)\nhello from rank 0 of 1 (rank sum 0)\n", True,
+     False, "2 singletons: each rank saw a world of 1"),
+    ("hpcstack-mpi-check: start\n[vm:1] OPAL ERROR: Unreachable in file ext3x_client.c\n"
+     "-----\nThe application appears to have been direct launched\n", False, False,
+     "[vm:1] OPAL ERROR: Unreachable in file ext3x_client.c"),
+    ("hello from rank 0 of 2 (rank sum 1)\n", False, False, "ranks answered: 0 of 2"),
+    ("", False, False, "job FAILED without output"),
+])
+def test_mpi_check_verdict(output: str, ok: bool, works: bool, detail: str) -> None:
+    from hpcstack.modules.mpicheck import verdict
+
+    got = verdict(output, 2, ok, "FAILED")
+    assert got[0] is works and got[1].startswith(detail), got
+
+
+def test_mpich_apps_get_ucx_named_shared_memory() -> None:
+    from hpcstack.modules.render import container_env
+
+    s = site()
+    assert container_env(_app(mpi="mpich"), s)["UCX_POSIX_USE_PROC_LINK"] == "n"
+    assert "UCX_POSIX_USE_PROC_LINK" not in container_env(_app(mpi="openmpi"), s)

@@ -80,11 +80,14 @@ def _debian_base(base: BaseImage, fmt: str, images: str, registry: str) -> str:
     template = _env.get_template(f"base.{'def' if fmt == 'def' else 'Dockerfile'}.j2")
     origin = base.parent.tag if base.parent else f"debian:{DEBIAN_SUITES[spec.os]}"
     labels = {"hpcstack.tag": base.tag, "hpcstack.arch": base.arch, "hpcstack.base": origin}
+    own_mpi = spec.mpi if spec.mpi and (not base.parent or "mpi" in base.own) else None
     return template.render(
         tag=base.tag, parent=base.parent.tag if base.parent else None, images=images,
         parent_ref=f"{registry}/{base.parent.tag}" if base.parent else "",
         suite=DEBIAN_SUITES[spec.os], labels=labels,
-        packages=[*pkgs, *spec.packages, *spec.runtime_packages])
+        packages=[*pkgs, *spec.packages, *spec.runtime_packages],
+        mpi=own_mpi.name if own_mpi else None,
+        pmi2=bool(own_mpi and own_mpi.name == "openmpi" and "pmi2" in own_mpi.pmi))
 
 
 def _debian_dev(base: BaseImage) -> list[str]:

@@ -86,21 +86,98 @@ def remove_cmd(names: Annotated[list[str], typer.Argument(help="NAME or NAME/VER
 def check_cmd(site: SiteOpt = DEFAULT_SITE,
               no_load: Annotated[bool, typer.Option("--no-load", help="Skip loading each "
                                                     "modulefile.")] = False,
+              mpi: Annotated[bool, typer.Option("--mpi", help="Also run each MPI app's "
+                                                "2-rank hello under Slurm with every launcher "
+                                                "the site file promises.")] = False,
+              launcher: Annotated[list[str] | None, typer.Option(
+                  "--launcher", help="With --mpi: try this launcher (pmi2, pmix, mpirun) "
+                  "instead of the site file's; repeat for several.")] = None,
+              partition: Annotated[str | None, typer.Option(
+                  "--partition", "-p", help="With --mpi: the Slurm partition.")] = None,
+              timeout: Annotated[float, typer.Option(
+                  "--timeout", help="With --mpi: seconds each job may take.")] = 300,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every modulefile loads, every image is present and matches its checksum."""
+    """Every modulefile loads, every image is present and matches its checksum; with --mpi,
+    every promised MPI launcher starts every MPI app."""
     from hpcstack.modules import check
 
-    problems = check(_site(site), load=not no_load)
+    config = _site(site)
+    if launcher and not mpi:
+        raise UserError("--launcher: only with --mpi")
+    launchers = _launchers(launcher) if launcher else None
+    problems = check(config, load=not no_load)
+    trials = _check_mpi(config, launchers, partition, timeout, as_json) if mpi else []
     if as_json:
-        print(json.dumps([{"module": p.module, "problem": p.message} for p in problems],
-                         indent=2))
+        found = [{"module": p.module, "problem": p.message} for p in problems]
+        if mpi:
+            print(json.dumps({"problems": found, "mpi": [t.as_dict() for t in trials]},
+                             indent=2))
+        else:
+            print(json.dumps(found, indent=2))
     else:
         for p in problems:
             print(f"{p.module}: {p.message}")
-        if not problems:
+        if trials:
+            _print_trials(trials)
+        if not problems and not [t for t in trials if not t.works]:
             err.print("[green]all deployed modules are fine[/]")
-    if problems:
+    if problems or [t for t in trials if not t.works]:
         raise typer.Exit(1)
+
+
+def _launchers(names: list[str]) -> list[str]:
+    from typing import get_args
+
+    from hpcstack.modules.config import Launcher
+
+    known = get_args(Launcher)
+    for name in names:
+        if name not in known:
+            raise UserError(f"--launcher {name}: expected one of {', '.join(known)}")
+    return names
+
+
+def _check_mpi(config, launchers, partition, timeout, quiet):  # type: ignore[no-untyped-def]
+    from hpcstack.modules import check_mpi
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            err.print(msg, highlight=False)
+
+    return check_mpi(config, launchers=launchers, partition=partition, timeout=timeout,
+                     progress=progress)
+
+
+def _print_trials(trials) -> None:  # type: ignore[no-untyped-def]
+    """App x launcher: a Rich table on a terminal, plain lines otherwise."""
+    launchers = list(dict.fromkeys(t.launcher for t in trials))
+    modules = list(dict.fromkeys(t.module for t in trials))
+    cell = {(t.module, t.launcher): t for t in trials}
+    if out.is_terminal:
+        table = Table("module", *launchers, title="MPI launchers")
+        for module in modules:
+            row = []
+            for name in launchers:
+                t = cell[(module, name)]
+                row.append(f"[green]works[/] ({t.detail})" if t.works
+                           else f"[red]fails[/]: {t.detail}")
+            table.add_row(module, *row)
+        out.print(table)
+        return
+    width = max(len("module"), *(len(m) for m in modules))
+    cols = [max(len(n), len("works")) for n in launchers]
+
+    def line(first: str, cells: list[str]) -> str:
+        padded = (f"{c:<{w}}" for c, w in zip(cells, cols, strict=True))
+        return "  ".join([f"{first:<{width}}", *padded]).rstrip()
+
+    print(line("module", launchers))
+    for module in modules:
+        print(line(module, ["works" if cell[(module, n)].works else "fails"
+                            for n in launchers]))
+    for t in trials:
+        if not t.works:
+            print(f"{t.module} {t.launcher}: {t.detail}")
 
 
 __all__ = ["UserError", "app"]

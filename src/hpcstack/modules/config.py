@@ -6,6 +6,7 @@ Example (``examples/modules/site.yaml``)::
     module_system: both                  # lmod | tcl | both
     runtime: charliecloud                # charliecloud | apptainer | singularity
     binds: [/lustre]                     # bound into every container
+    launchers: [pmi2, pmix, mpirun]      # what MPI job scripts may use (modules check --mpi)
     apps:
       - name: gromacs
         version: 2022-cpu
@@ -36,6 +37,13 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 #: Where commands are looked for when an app says ``commands: discover`` and the image
 #: has no ``hpcstack.commands`` label (globs over the image's paths).
 DEFAULT_DISCOVER = ["/usr/local/bin/*", "/opt/*/bin/*"]
+#: Where the catalog's Debian bases and the example images put their 2-rank MPI hello.
+DEFAULT_MPI_HELLO = "/usr/libexec/hpcstack/mpi-hello"
+#: The wrapper deploy writes, next to an MPI app's commands, that runs that hello.
+HELLO_COMMAND = "hpcstack-mpi-hello"
+
+#: How a job script may start MPI ranks: ``srun --mpi=pmi2``, ``srun --mpi=pmix``, ``mpirun``.
+Launcher = Literal["pmi2", "pmix", "mpirun"]
 
 
 class _Strict(BaseModel):
@@ -75,6 +83,15 @@ class App(_Strict):
     help: str | None = None
     state: Literal["enabled", "disabled", "default"] = "enabled"
     shell_functions: bool | None = None
+    mpi_hello: str = Field(DEFAULT_MPI_HELLO, description="an MPI hello in the image, printing "
+                           "'hello from rank R of N' (modules check --mpi runs it)")
+
+    @field_validator("mpi_hello")
+    @classmethod
+    def _hello(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r}: an absolute path in the image")
+        return value
 
     @field_validator("name", "version")
     @classmethod
@@ -126,10 +143,19 @@ class Site(_Strict):
     spider_cache: bool = False
     discover: list[str] = Field(default_factory=lambda: list(DEFAULT_DISCOVER))
     shadow_commands: list[str] = Field(default_factory=list, description="extra names to warn on")
+    launchers: list[Launcher] = Field(
+        default_factory=list, description="MPI launchers job scripts may use: pmi2 pmix mpirun")
     apps: list[App] = []
 
     _binds = field_validator("binds")(classmethod(lambda cls, v: _check_binds(v)))
     _env = field_validator("env")(classmethod(lambda cls, v: _check_env(v)))
+
+    @field_validator("launchers")
+    @classmethod
+    def _launchers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a launcher is listed twice")
+        return value
 
     @field_validator("root", "home_root")
     @classmethod

@@ -29,7 +29,7 @@ from pathlib import Path
 from hpcstack.errors import UserError
 from hpcstack.files import sha256_file, write_atomic
 from hpcstack.modules import render
-from hpcstack.modules.config import App, Site
+from hpcstack.modules.config import HELLO_COMMAND, App, Site
 from hpcstack.modules.image import inspect, tree_digest
 from hpcstack.modules.render import ImageFacts, Layout, Module
 
@@ -236,6 +236,12 @@ def _write_module(site: Site, layout: Layout, app: App, m: Module, f: ImageFacts
     for cmd in m.commands:
         path = Path(m.bin_dir) / cmd
         write_atomic(path, render.wrapper(m, app, site, cmd, rt_path, f.has_exec_action), 0o755)
+        files.append(str(path))
+    if app.mpi != "none" and HELLO_COMMAND not in m.commands:
+        # The image's MPI hello, for `modules check --mpi` (and users testing a launcher).
+        path = Path(m.bin_dir) / HELLO_COMMAND
+        write_atomic(path, render.wrapper(m, app, site, app.mpi_hello, rt_path,
+                                          f.has_exec_action), 0o755)
         files.append(str(path))
     if site.module_system in ("lmod", "both"):
         path = Path(layout.lua(app))

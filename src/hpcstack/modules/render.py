@@ -29,6 +29,10 @@ UNSET = ("LD_LIBRARY_PATH", "APPTAINER_*", "SINGULARITY_*", "APPTAINERENV_*", "S
 #: Open MPI's shared-memory single-copy (CMA) hangs when every rank has its own user
 #: namespace (one container per rank); copy-in/copy-out through /dev/shm works.
 OPENMPI_ENV = {"OMPI_MCA_btl_vader_single_copy_mechanism": "none"}
+#: Debian's MPICH (ch4:ucx): UCX's shared memory reaches a peer's segment through
+#: /proc/PID/fd, which fails across user namespaces ("Shared memory error" in MPI_Init);
+#: named POSIX segments in the host's /dev/shm work.
+MPICH_ENV = {"UCX_POSIX_USE_PROC_LINK": "n"}
 
 #: Commands a module should not take over on users' PATH.
 COMMON_COMMANDS = frozenset(
@@ -261,6 +265,8 @@ def container_env(app: App, site: Site) -> dict[str, str]:
     env = dict(site.env) | dict(app.env)
     if app.mpi == "openmpi":
         env = OPENMPI_ENV | env
+    elif app.mpi == "mpich":
+        env = MPICH_ENV | env
     return env
 
 
