@@ -16,6 +16,7 @@ Other fields are read and dropped, as a form parser would.
 from __future__ import annotations
 
 import asyncio
+import errno
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -144,7 +145,8 @@ class _Parts:
                 except UnicodeDecodeError:
                     raise UploadError(422, f"{name}: the file name is not UTF-8") from None
             self._staged = StagedFile(filename, self.dir / str(self.count))
-            self._file = self._staged.path.open("xb")
+            # Unbuffered: what the parser hands over is on disk, and counted, at once.
+            self._file = self._staged.path.open("xb", buffering=0)
             (self.got.definition if name == "definition" else self.got.files).append(
                 self._staged)
         elif name in TEXT_FIELDS:
@@ -152,7 +154,9 @@ class _Parts:
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         if self._file is not None and self._staged is not None:
-            self._file.write(data[start:end])
+            view = memoryview(data)[start:end]
+            while view:  # a raw write may take less than it was given
+                view = view[self._file.write(view) or 0:]
             self._staged.size += end - start
         elif self._text is not None:
             self._text += data[start:end]
@@ -199,6 +203,10 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str | None, stagin
             if chunk:  # parse, and write the files, in a thread: the loop serves others
                 await asyncio.to_thread(parser.write, chunk)
         parser.finalize()
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UploadError(507, "upload: no space left on the build service") from None
+        raise
     except MultipartParseError as err:
         raise UploadError(400, f"body: malformed multipart data: "
                           f"{str(err).splitlines()[0] if str(err) else 'parse error'}") from None
