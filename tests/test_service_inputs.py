@@ -9,13 +9,16 @@ service's own temporary directory while the body streams.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import re
 import select
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import User
+from hpcstack.service import uploads
 from hpcstack.service.models import (
     BASE_PATTERN,
     COMPONENT_MAX_BYTES,
@@ -98,6 +102,62 @@ def test_path_rule_is_the_spec_pattern_and_byte_lengths(path: str) -> None:
 def test_base_rule_is_the_spec_pattern(base: str) -> None:
     assert (base_problem(base) is None) == (re.fullmatch(BASE_PATTERN, base) is not None
                                             and len(base) <= 1000)
+
+
+def _receive(body: bytes, cuts: list[int], content_type: str, limit: int = 1 << 20):
+    """``uploads.receive`` on ``body`` cut into pieces at ``cuts``, in a fresh staging dir."""
+    async def pieces():
+        last = 0
+        for cut in [*sorted({c % (len(body) + 1) for c in cuts}), len(body)]:
+            yield body[last:cut]
+            last = cut
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp) / "staging"
+        staging.mkdir()
+        try:
+            got = asyncio.run(uploads.receive(pieces(), content_type, staging, limit))
+        except uploads.UploadError as err:
+            assert err.status in (400, 413, 422) and err.detail.isprintable(), err.detail
+            return None
+        for f in (*got.definition, *got.files):
+            assert f.path.parent == staging / "parts" and f.path.stat().st_size == f.size
+        return {"name": got.name, "paths": got.paths,
+                "definition": [f.path.read_bytes() for f in got.definition],
+                "files": [f.path.read_bytes() for f in got.files]}
+
+
+CTYPE = "multipart/form-data; boundary=B0undary"
+
+
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=8),
+       st.sampled_from([CTYPE, "multipart/form-data", "application/json", ""]))
+def test_receive_takes_any_bytes_without_a_crash(data: bytes, cuts: list[int],
+                                                 ctype: str) -> None:
+    _receive(data, cuts, ctype)
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"name", b"paths", b"definition", b"files",
+                                           b"other"]),
+                          st.one_of(st.none(), st.binary(max_size=20).filter(
+                              lambda b: b'"' not in b and b"\r" not in b and b"\n" not in b)),
+                          st.binary(max_size=300).filter(lambda b: b"B0undary" not in b)),
+                max_size=6),
+       st.lists(st.integers(0, 2000), max_size=8))
+def test_receive_keeps_each_part_whatever_the_chunking(parts: list, cuts: list[int]) -> None:
+    got = _receive(multipart(parts), cuts, CTYPE)
+    if got is None:
+        return
+    for field in ("name", "paths"):
+        assert got[field] == [d.decode() for n, _f, d in parts if n.decode() == field]
+    for field in ("definition", "files"):
+        assert got[field] == [d for n, _f, d in parts if n.decode() == field]
+
+
+def test_receive_stops_at_the_limit() -> None:
+    body = multipart([(b"files", b"x", b"y" * 5000)])
+    assert _receive(body, [100, 200], CTYPE, limit=len(body)) is not None
+    assert _receive(body, [100, 200], CTYPE, limit=len(body) - 1) is None
 
 
 # --- the service, over raw HTTP --------------------------------------------------------
