@@ -6,6 +6,7 @@ when one is configured, so the service keeps no session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -106,12 +107,19 @@ class Client:
     def create(self, name: str, base: str) -> dict:
         return self.request("POST", "/containers", json={"name": name, "base": base}).json()
 
-    def defcreate(self, name: str, deffile: Path, uploads: list[tuple[str, Path]]) -> dict:
-        files = [("definition", (deffile.name, deffile.read_bytes(), "text/plain"))]
-        files += [("files", (rel, path.read_bytes(), "application/octet-stream"))
-                  for rel, path in uploads]
-        data = {"name": name, "paths": [rel for rel, _ in uploads]}
-        return self.request("POST", "/containers/def", data=data, files=files).json()
+    def defcreate(self, name: str, filename: str, definition: bytes,
+                  uploads: list[tuple[str, Path]]) -> dict:
+        """Send the definition and its uploads; the files are streamed, not read whole."""
+        with contextlib.ExitStack() as stack:
+            files = [("definition", (filename, definition, "text/plain"))]
+            for rel, path in uploads:
+                try:
+                    fh = stack.enter_context(path.open("rb"))
+                except OSError as exc:
+                    raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+                files.append(("files", (rel, fh, "application/octet-stream")))
+            data = {"name": name, "paths": [rel for rel, _ in uploads]}
+            return self.request("POST", "/containers/def", data=data, files=files).json()
 
     def status(self, name: str) -> dict:
         return self.request("GET", f"/containers/{name}").json()

@@ -102,12 +102,32 @@ def create(name: NameOpt, base: Annotated[str, typer.Option(
     err.print(f"{name}: {'queued' if detach else 'ready'}")
 
 
+def read_definition(deffile: Path) -> str:
+    """The definition's text; one-line UserError when it is missing, a directory, unreadable
+    or not UTF-8."""
+    try:
+        return deffile.read_bytes().decode()
+    except FileNotFoundError:
+        raise UserError(f"{deffile}: no such definition file") from None
+    except IsADirectoryError:
+        raise UserError(f"{deffile}: is a directory, not a definition file") from None
+    except OSError as exc:
+        raise UserError(f"{deffile}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{deffile}: not UTF-8 text") from None
+
+
 def uploads_for(deffile: Path) -> list[tuple[str, Path]]:
-    """The files ``%files`` names, relative to the definition file's directory."""
+    """The files ``%files`` names, relative to the definition file's directory.
+
+    A source that matches nothing, cannot be read, or is neither a file nor a directory is
+    a one-line ``FILE:LINE: …`` UserError: nothing is sent.
+    """
     from hpcstack.deffile import parse
 
+    text = read_definition(deffile)
     try:
-        defn = parse(deffile.read_text(), deffile.name)
+        defn = parse(text, deffile.name)
     except UserError:
         return []  # the service says what is wrong, with FILE:LINE
     base = deffile.resolve().parent
@@ -117,31 +137,57 @@ def uploads_for(deffile: Path) -> list[tuple[str, Path]]:
             if section.stage is not None:
                 continue
             for t in section.transfers:
-                if t.src.startswith(("/", "~")):
+                if t.src.startswith(("/", "~")) or ".." in t.src.split("/"):
                     continue  # refused by the service with the line number
-                for match in sorted(glob.glob(str(base / t.src))):
-                    add_upload(found, base, Path(match))
+                where = f"{deffile}:{t.line}: %files: {t.src}"
+                matches = sorted(glob.glob(str(base / t.src)))
+                if not matches:
+                    raise UserError(f"{where}: no such file or directory "
+                                    "(relative to the definition file)")
+                for match in matches:
+                    add_upload(found, base, Path(match), where)
     return sorted(found.items())
 
 
-def add_upload(found: dict[str, Path], base: Path, path: Path) -> None:
+def add_upload(found: dict[str, Path], base: Path, path: Path, where: str) -> None:
+    """``path`` (a file, or a directory's files), each checked readable; UserError naming
+    ``where`` (FILE:LINE: %files: SRC) and the path otherwise."""
+
+    def refuse(exc: OSError) -> None:
+        bad = os.path.relpath(exc.filename, base) if exc.filename else path
+        raise UserError(f"{where}: cannot read {bad}: {exc.strerror or exc}")
+
     if path.is_dir():
-        for sub in sorted(path.rglob("*")):
-            if sub.is_file():
-                found[os.path.relpath(sub, base)] = sub
-    elif path.is_file():
-        found[os.path.relpath(path, base)] = path
+        for top, dirs, files in os.walk(path, onerror=refuse):
+            dirs.sort()
+            for name in sorted(files):
+                add_file(found, base, Path(top) / name, where)
+    else:
+        add_file(found, base, path, where)
+
+
+def add_file(found: dict[str, Path], base: Path, path: Path, where: str) -> None:
+    rel = os.path.relpath(path, base)
+    if not path.is_file():
+        raise UserError(f"{where}: {rel}: not a regular file or directory")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{where}: cannot read {rel}: {exc.strerror or exc}") from None
+    found[rel] = path
 
 
 @app.command()
 def defcreate(name: NameOpt, deffile: Annotated[Path, typer.Option(
-        "--def", "-d", help="The definition file.")], detach: DetachOpt = False,
+        "--def", "-d", readable=False,  # we say why in one line
+        help="The definition file.")], detach: DetachOpt = False,
               verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """An image from a definition file (files named by %files are uploaded with it)."""
-    if not deffile.is_file():
-        raise UserError(f"{deffile}: no such definition file")
+    text = read_definition(deffile)
+    uploads = uploads_for(deffile)
     c = client()
-    c.defcreate(valid(name), deffile, uploads_for(deffile))
+    c.defcreate(valid(name), deffile.name, text.encode(), uploads)
     if not detach:
         wait_for(c, name, verbose)
     err.print(f"{name}: {'queued' if detach else 'ready'}")

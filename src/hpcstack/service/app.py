@@ -12,24 +12,23 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import (
-    Depends,
-    FastAPI,
-    File,
-    Form,
-    Query,
-    Request,
-    Response,
-    UploadFile,
-)
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.exc import IntegrityError
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Route
 
 from hpcstack import __version__
 from hpcstack.build.jail import Bind, JailSpec
@@ -37,25 +36,31 @@ from hpcstack.build.job import BuildRequest, job_argv, read_result, write_reques
 from hpcstack.deffile import Definition, parse
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size, write_atomic
-from hpcstack.service import auth, db, recipes, store
+from hpcstack.service import auth, db, recipes, store, uploads
 from hpcstack.service.config import Settings
 from hpcstack.service.executors import make_executor
 from hpcstack.service.models import (
     ACTIVE,
+    INPUT_ERROR,
     Artifact,
     Container,
     ContainerList,
+    ContainerName,
     CreateRequest,
+    DefCreateForm,
     Error,
     Health,
     Identity,
     Kind,
     LogChunk,
+    OwnerName,
     State,
     Token,
     TokenList,
     TokenRequest,
     name_problem,
+    path_problem,
+    shown,
     upload_problem,
 )
 from hpcstack.service.queue import CANCEL_REQUESTED, Scheduler
@@ -63,6 +68,23 @@ from hpcstack.service.queue import CANCEL_REQUESTED, Scheduler
 log = logging.getLogger("u2cb")
 DOWNLOAD_CHUNK = 4 << 20
 API = "/api/v1"
+
+
+class NameConvertor(Convertor[str]):
+    """A ``{name:cname}`` path segment: any one but ``def`` (``/containers/def`` is
+    defcreate), so a 405 there names only defcreate's method.  The name's own rules are
+    checked by the route (422 with the reason)."""
+
+    regex = r"(?!def(?:/|$))[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("cname", NameConvertor())
 
 
 class ServiceError(Exception):
@@ -116,6 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Unprivileged container builds: sandboxes from base images, "
                   "images from definition files, interactive fakeroot sessions.")
     app.state.svc = svc
+    clear_staging(svc)
     install_handlers(app)
     add_routes(app, svc)
     return app
@@ -131,14 +154,38 @@ def install_handlers(app: FastAPI) -> None:
     async def _user_error(_r: Request, exc: UserError) -> JSONResponse:
         return JSONResponse({"detail": str(exc).splitlines()[0]}, status_code=422)
 
-    from fastapi.exceptions import RequestValidationError
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:  # Starlette names the methods of one route only
+            allow = ", ".join(sorted(methods_at(request.app, request.scope)))
+            exc = StarletteHTTPException(405, exc.detail, headers={**(exc.headers or {}),
+                                                                   "Allow": allow})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"},
-                            status_code=422)
+        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+
+
+def methods_at(app: FastAPI, scope: dict) -> set[str]:
+    """Every HTTP method some route serves at the scope's path (for a 405's ``Allow``)."""
+    found: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods and \
+                route.matches(scope)[0] is not Match.NONE:
+            found |= route.methods
+    return found
+
+
+def validation_detail(errors: list) -> str:
+    """The first validation error as one line naming its field."""
+    first = errors[0] if errors else {}
+    msg = str(first.get("msg", "invalid"))
+    if first.get("type") != INPUT_ERROR:  # ours already name the field
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query",
+                                                                         "path", "header"))
+        msg = f"{where}: {msg}"
+    return " ".join(msg.split())
 
 
 # --- identity and lookup ---------------------------------------------------------------
@@ -209,12 +256,6 @@ def checked_build(svc: Service, uid: int, text: str, filename: str,
         raise ServiceError(422, str(err).splitlines()[0]) from None
 
 
-def queue_build(svc: Service, row: db.ContainerRow, request: BuildRequest) -> None:
-    """Hand the checked request to the queue: written beside the container, then woken."""
-    write_request(request, svc.paths(row.id).request)
-    svc.scheduler.wake.set()
-
-
 def check_quota(svc: Service, uid: int, incoming: int) -> None:
     with svc.db.session() as s:
         used = db.usage(s, uid)
@@ -224,23 +265,36 @@ def check_quota(svc: Service, uid: int, incoming: int) -> None:
                            f"{incoming} more requested; delete containers to free space")
 
 
-def new_row(svc: Service, ident: Identity, uid: int, name: str, kind: Kind,
-            source: str) -> db.ContainerRow:
-    """Insert a queued container; 409 when the name is taken."""
+@contextlib.contextmanager
+def inserted(svc: Service, uid: int, name: str, kind: Kind, source: str,
+             usage: int = 0) -> Iterator[db.ContainerRow]:
+    """A queued container record, committed only once the with-block has put its files in
+    place (``svc.paths(row.id).dir``); 409 when the name is taken.
+
+    Until the commit no other request and no scheduler sees the record; when the block or
+    the commit fails there is neither a record nor its directory.
+    """
+    where: Path | None = None
     try:
         with svc.db.session() as s:
-            old = db.find(s, uid, name)
-            if old is not None:
+            if db.find(s, uid, name) is not None:
                 raise ServiceError(409, f"{name}: a container with this name exists; "
                                    "delete it first")
             row = db.ContainerRow(uid=uid, owner=auth.user_name(uid), name=name,
                                   kind=kind.value, source=source, state=State.QUEUED.value,
-                                  attempts=0, usage=0)
+                                  attempts=0, usage=usage)
             s.add(row)
             s.flush()
-            return row
-    except IntegrityError:
-        raise ServiceError(409, f"{name}: a container with this name exists") from None
+            where = svc.paths(row.id).dir
+            if where.exists():  # left by a deleted record whose id the database reused
+                store.remove(where)
+            yield row
+    except BaseException as exc:
+        if where is not None and where.exists():
+            store.remove(where)
+        if isinstance(exc, IntegrityError):
+            raise ServiceError(409, f"{name}: a container with this name exists") from None
+        raise
 
 
 # --- routes ----------------------------------------------------------------------------
@@ -252,7 +306,7 @@ def ident(request: Request) -> Identity:
 
 
 Who = Annotated[Identity, Depends(ident)]
-Owner = Annotated[str | None, Query(max_length=64, description="admins: whose")]
+Owner = Annotated[OwnerName | None, Query(description="admins: whose containers")]
 
 
 def add_routes(app: FastAPI, svc: Service) -> None:
@@ -286,68 +340,60 @@ def add_routes(app: FastAPI, svc: Service) -> None:
     def create(me: Who, req: CreateRequest) -> Container:
         """A writable sandbox from a base image (``u2cb create -n NAME -b BASE``)."""
         name = checked_name(req.name)
+        if "://" not in req.base and image_resolver(svc, me.uid)(req.base) is None:
+            raise ServiceError(404, f"base {shown(req.base)}: no ready container of yours with "
+                               "that name")
         text = recipes.base_definition(req.base)
         defn, readable = checked_build(svc, me.uid, text, "base.def", set())
         check_quota(svc, me.uid, 0)
-        row = new_row(svc, me, me.uid, name, Kind.IMG, req.base)
-        paths = svc.paths(row.id)
-        write_atomic(paths.defdir / "base.def", text.encode())
-        queue_build(svc, row, recipes.build_request(
-            svc.settings, paths, me.uid, name="base.def", defn=defn, text=text, sandbox=True,
-            readable=readable))
+        with inserted(svc, me.uid, name, Kind.IMG, req.base) as row:
+            paths = svc.paths(row.id)
+            write_atomic(paths.defdir / "base.def", text.encode())
+            write_request(recipes.build_request(
+                svc.settings, paths, me.uid, name="base.def", defn=defn, text=text,
+                sandbox=True, readable=readable), paths.request)
+        svc.scheduler.wake.set()
         return row.model()
 
     @app.post(f"{API}/containers/def", response_model=Container, status_code=202,
-              responses=responses(403, 404, 409, 413, 507), tags=["containers"])
-    async def defcreate(request: Request, name: Annotated[str, Form(max_length=300)],
-                        definition: Annotated[UploadFile, File()],
-                        files: Annotated[list[UploadFile] | None, File()] = None,
-                        paths: Annotated[list[str] | None, Form()] = None) -> Container:
-        """An image from a definition file, with the files its ``%files`` names."""
-        me = await asyncio.to_thread(who, svc, request.headers)
-        name = checked_name(name)
-        files, paths = files or [], paths or []
-        if len(files) != len(paths):
-            raise ServiceError(422, "paths: one path per uploaded file")
-        total = sum(f.size or 0 for f in [definition, *files])
-        if total > svc.settings.max_upload_bytes:
-            raise ServiceError(413, f"upload of {total} bytes is over the limit of "
-                               f"{svc.settings.max_upload_bytes} bytes")
-        for p in paths:
-            if problem := upload_problem(p):
-                raise ServiceError(422, f"paths: {problem}")
-        text_bytes = await definition.read()
+              responses=responses(403, 404, 409, 413, 507), tags=["containers"],
+              openapi_extra=DEFCREATE_BODY)
+    async def defcreate(request: Request, me: Who) -> Container:
+        """An image from a definition file, with the files its ``%files`` names.
+
+        The body is read as it arrives, each file straight to a staging directory, and
+        refused (413) as soon as it passes ``--max-upload``.  The record is made only
+        once every field is valid and every file is in place.
+        """
+        limit = svc.settings.max_upload_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise ServiceError(413, uploads.too_large(int(length), limit).detail)
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(svc),
+                                        dir=svc.settings.tmp_dir()))
         try:
-            text = text_bytes.decode()
-        except UnicodeDecodeError:
-            raise ServiceError(422, "definition: not UTF-8 text") from None
-        filename = os.path.basename(definition.filename or "build.def") or "build.def"
-        defn, readable = checked_build(svc, me.uid, text, filename, set(paths))
-        await asyncio.to_thread(check_quota, svc, me.uid, total)
-        row = await asyncio.to_thread(new_row, svc, me, me.uid, name, Kind.DEF, filename)
-        where = svc.paths(row.id)
-        for upload, rel in zip(files, paths, strict=True):
-            write_atomic(where.defdir / rel, await upload.read())
-        write_atomic(where.dir / "submitted.def", text_bytes)
-        write_atomic(where.defdir / filename, text_bytes)  # named as the user's, for messages
-        with svc.db.session() as s:
-            r = s.get(db.ContainerRow, row.id)
-            if r is not None:
-                r.usage = total
-        queue_build(svc, row, recipes.build_request(
-            svc.settings, where, me.uid, name=filename, defn=defn, text=text, sandbox=False,
-            readable=readable))
+            try:
+                got = await uploads.receive(request.stream(),
+                                            request.headers.get("content-type"), staging, limit)
+            except uploads.UploadError as err:
+                raise ServiceError(err.status, err.detail) from None
+            except ClientDisconnect:
+                raise ServiceError(400, "body: the client went away mid-upload") from None
+            row = await asyncio.to_thread(place_definition, svc, me, got, staging)
+        finally:
+            await asyncio.to_thread(uploads.discard, staging)
+        svc.scheduler.wake.set()
         return row.model()
 
-    @app.get(f"{API}/containers/{{name}}", response_model=Container,
+    @app.get(f"{API}/containers/{{name:cname}}", response_model=Container,
              responses=responses(403, 404), tags=["containers"])
-    def status(me: Who, name: str, owner: Owner = None) -> Container:
+    def status(me: Who, name: ContainerName, owner: Owner = None) -> Container:
         """One container: its state, and why it failed."""
         return lookup(svc, owner_uid(me, owner), name).model()
 
-    @app.post(f"{API}/containers/{{name}}/cancel", response_model=Container,
+    @app.post(f"{API}/containers/{{name:cname}}/cancel", response_model=Container,
               responses=responses(403, 404, 409), tags=["containers"])
-    def cancel(me: Who, name: str, owner: Owner = None) -> Container:
+    def cancel(me: Who, name: ContainerName, owner: Owner = None) -> Container:
         """Stop a queued or running build; its whole process tree ends."""
         row = lookup(svc, owner_uid(me, owner), name)
         if State(row.state) not in ACTIVE:
@@ -355,9 +401,9 @@ def add_routes(app: FastAPI, svc: Service) -> None:
         cancel_build(svc, row)
         return lookup(svc, row.uid, name).model()
 
-    @app.delete(f"{API}/containers/{{name}}", status_code=204,
+    @app.delete(f"{API}/containers/{{name:cname}}", status_code=204,
                 responses=responses(403, 404), tags=["containers"])
-    def delete(me: Who, name: str, owner: Owner = None) -> Response:
+    def delete(me: Who, name: ContainerName, owner: Owner = None) -> Response:
         """Remove a container, its build and its files."""
         row = lookup(svc, owner_uid(me, owner), name)
         if State(row.state) in ACTIVE:
@@ -369,27 +415,27 @@ def add_routes(app: FastAPI, svc: Service) -> None:
         store.remove(svc.paths(row.id).dir)
         return Response(status_code=204)
 
-    @app.get(f"{API}/containers/{{name}}/log", response_model=LogChunk,
+    @app.get(f"{API}/containers/{{name:cname}}/log", response_model=LogChunk,
              responses=responses(403, 404), tags=["builds"])
-    def build_log(me: Who, name: str, owner: Owner = None,
+    def build_log(me: Who, name: ContainerName, owner: Owner = None,
                   offset: Annotated[int, Query(ge=0, le=2**40)] = 0) -> LogChunk:
         """The build log from byte ``offset`` (poll with ``next_offset`` to follow it)."""
         row = lookup(svc, owner_uid(me, owner), name)
         return read_log(svc, row, offset)
 
-    @app.post(f"{API}/containers/{{name}}/pack", response_model=Artifact,
+    @app.post(f"{API}/containers/{{name:cname}}/pack", response_model=Artifact,
               responses=responses(403, 404, 409), tags=["images"])
-    def pack(me: Who, name: str, owner: Owner = None) -> Artifact:
+    def pack(me: Who, name: ContainerName, owner: Owner = None) -> Artifact:
         """Make the SIF ``download`` fetches (packing a sandbox); its size and sha256."""
         row = lookup(svc, owner_uid(me, owner), name)
         return artifact(svc, row)
 
-    @app.get(f"{API}/containers/{{name}}/image", response_class=FileResponse,
+    @app.get(f"{API}/containers/{{name:cname}}/image", response_class=FileResponse,
              responses={**responses(403, 404, 409),
                         200: {"content": {"application/octet-stream": {}}},
                         206: {"content": {"application/octet-stream": {}}}},
              tags=["images"])
-    def download(me: Who, name: str, owner: Owner = None) -> FileResponse:
+    def download(me: Who, name: ContainerName, owner: Owner = None) -> FileResponse:
         """The SIF (``Range`` requests resume a download); call ``pack`` first."""
         row = lookup(svc, owner_uid(me, owner), name)
         path, sha = artifact_path(svc, row)
@@ -432,6 +478,88 @@ def add_routes(app: FastAPI, svc: Service) -> None:
     from hpcstack.service import sessions
 
     sessions.add_websockets(app, svc)
+
+
+# --- defcreate: from a received body to a record ----------------------------------------
+
+DEFCREATE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": DefCreateForm.model_json_schema()}}}}
+
+
+def staging_prefix(svc: Service) -> str:
+    """Staging directories of this instance (several may share one data directory)."""
+    return f"upload-{svc.settings.instance.replace(':', '_')}-"
+
+
+def clear_staging(svc: Service) -> None:
+    """Remove what uploads of this instance left behind when it last stopped."""
+    for stale in svc.settings.tmp_dir().glob(staging_prefix(svc) + "*"):
+        uploads.discard(stale)
+
+
+def only(values: list, field_name: str):
+    if not values:
+        raise ServiceError(422, f"{field_name}: field required")
+    if len(values) > 1:
+        raise ServiceError(422, f"{field_name}: given {len(values)} times, once expected")
+    return values[0]
+
+
+def upload_layout(paths: list[str], filename: str) -> None:
+    """Every path valid, none twice, none inside another upload or the definition."""
+    for p in paths:
+        if problem := upload_problem(p):
+            raise ServiceError(422, problem)
+    taken = {filename: "the definition"}
+    for p in paths:
+        if p in taken:
+            why = "given twice" if taken[p] != "the definition" else "the definition's name"
+            raise ServiceError(422, f"paths {shown(p)}: {why}")
+        taken[p] = "an uploaded file"
+    for p in paths:
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            above = "/".join(parts[:i])
+            if above in taken:
+                raise ServiceError(422, f"paths {shown(p)}: inside {shown(above)}, which is "
+                                   f"{taken[above]}")
+
+
+def place_definition(svc: Service, me: Identity, got: uploads.Received,
+                     staging: Path) -> db.ContainerRow:
+    """Check what a defcreate body held, lay it out in ``staging``, then make the record
+    and move ``staging`` into the container's directory (one rename)."""
+    name = checked_name(only(got.name, "name"))
+    definition = only(got.definition, "definition")
+    filename = "build.def" if definition.filename is None else definition.filename
+    if problem := path_problem(filename, "definition", single=True):
+        raise ServiceError(422, problem)
+    if len(got.files) != len(got.paths):
+        raise ServiceError(422, f"paths: one path per uploaded file ({len(got.files)} "
+                           f"files, {len(got.paths)} paths)")
+    upload_layout(got.paths, filename)
+    text_bytes = definition.path.read_bytes()
+    try:
+        text = text_bytes.decode()
+    except UnicodeDecodeError:
+        raise ServiceError(422, "definition: not UTF-8 text") from None
+    defn, readable = checked_build(svc, me.uid, text, filename, set(got.paths))
+    check_quota(svc, me.uid, got.file_bytes)
+    defdir = staging / "def"  # the container's directory to be: def/, submitted.def
+    defdir.mkdir()
+    for upload, rel in zip(got.files, got.paths, strict=True):
+        (defdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(upload.path, defdir / rel)
+    os.rename(definition.path, staging / "submitted.def")
+    write_atomic(defdir / filename, text_bytes)  # named as the user's, for messages
+    uploads.discard(staging / "parts")  # what is left: parts of fields we do not take
+    with inserted(svc, me.uid, name, Kind.DEF, filename, usage=got.file_bytes) as row:
+        paths = svc.paths(row.id)
+        os.rename(staging, paths.dir)
+        write_request(recipes.build_request(
+            svc.settings, paths, me.uid, name=filename, defn=defn, text=text, sandbox=False,
+            readable=readable), paths.request)
+    return row
 
 
 # --- helpers the routes share ----------------------------------------------------------
