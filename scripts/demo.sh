@@ -21,6 +21,10 @@ if ! runuser -u nobody -- munge -n </dev/null >/dev/null 2>&1; then
   runuser -u munge -- /usr/sbin/munged
 fi
 
+# Builds and connect shells get their network through /dev/net/tun (pasta, in each
+# build's jail); distributions ship it mode 0666, these VMs 0600.
+chmod 0666 /dev/net/tun
+
 # The service, as its own unprivileged account (useradd gives subordinate IDs).
 id u2cb >/dev/null 2>&1 || useradd -m -s /bin/bash u2cb
 if ! curl -fsS "http://127.0.0.1:$PORT/api/v1/health" >/dev/null 2>&1; then

@@ -39,12 +39,16 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from hpcstack.errors import UserError
+from hpcstack.lifetime import die_with_parent
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # What of /etc the tools need: names, resolver, TLS roots, apt's sources (the host's
@@ -59,6 +63,7 @@ HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 PASTA_FLAGS = ("--config-net", "--quiet", "-U", "none", "-t", "none", "-u", "none",
                "--no-map-gw")
 READY, GO = b"r", b"g"
+PASTA_START_S = 10.0
 
 
 class Bind(BaseModel):
@@ -124,7 +129,7 @@ def start(module: str, args: Sequence[str], spec: JailSpec, **popen) -> subproce
         if os.read(from_job, 1) != READY:
             raise UserError("the jail did not start (see the log above)")
         if spec.network:
-            attach_network(proc.pid, spec.loopback_ports)
+            end_with(proc, attach_network(proc.pid, spec.loopback_ports))
         os.write(from_outside, GO)
     except BaseException:
         proc.kill()
@@ -136,22 +141,44 @@ def start(module: str, args: Sequence[str], spec: JailSpec, **popen) -> subproce
     return proc
 
 
-def attach_network(pid: int, loopback_ports: Sequence[int] = ()) -> None:
+def attach_network(pid: int, loopback_ports: Sequence[int] = ()) -> subprocess.Popen:
     """User-mode networking for the namespaces of ``pid``: pasta, host loopback off.
 
     By default pasta forwards the host's loopback ports into the namespace; these
     flags turn every forward and the gateway mapping off, but for the TCP ports a
-    site names (a registry on the build node's loopback).  pasta ends by itself
-    when the namespace does.
+    site names (a registry on the build node's loopback).  pasta stays a child of
+    ours (ended with the job, or with us) and writes its PID file once the
+    namespace's network is up.
     """
     if os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
         raise UserError(f"process {pid} is not in a network namespace of its own")
     forward = ",".join(str(p) for p in loopback_ports) or "none"
-    done = subprocess.run(["pasta", *PASTA_FLAGS, "-T", forward, str(pid)], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, check=False)
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise UserError(f"pasta could not give the build its network: {why}")
+    with tempfile.TemporaryDirectory(prefix="hpcstack-pasta-") as tmp:
+        ready = Path(tmp) / "pid"
+        pasta = subprocess.Popen(["pasta", *PASTA_FLAGS, "-T", forward, "--foreground",
+                                  "--pid", str(ready), str(pid)], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 preexec_fn=die_with_parent)
+        deadline = time.monotonic() + PASTA_START_S
+        while not ready.exists():
+            status = pasta.poll()
+            if status is not None or time.monotonic() > deadline:
+                pasta.kill()
+                why = pasta.communicate()[1].decode(errors="replace").strip().splitlines()
+                raise UserError("pasta could not give the job its network: "
+                                + (why[-1] if why else f"exit status {pasta.returncode}"))
+            time.sleep(0.002)
+    return pasta
+
+
+def end_with(proc: subprocess.Popen, helper: subprocess.Popen) -> None:
+    """End ``helper`` (pasta) once ``proc`` (the jail) has ended."""
+    def watch() -> None:
+        proc.wait()
+        helper.terminate()
+        helper.wait()
+
+    threading.Thread(target=watch, name="jail-network", daemon=True).start()
 
 
 def handshake(argv: list[str]) -> list[str]:

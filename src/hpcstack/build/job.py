@@ -117,6 +117,7 @@ def build(request: BuildRequest, output: Path) -> None:
                            tmpdir=request.workdir, cache=BuildCache(Path(request.cache_dir)))
     os.chdir(request.cwd)
     output.parent.mkdir(parents=True, exist_ok=True)
+    Path(request.workdir).mkdir(parents=True, exist_ok=True)
     build_definition(request.name, request.definition, request.text, output, options)
 
 

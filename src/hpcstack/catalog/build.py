@@ -13,7 +13,6 @@ import hashlib
 import json
 import platform
 import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,26 +149,40 @@ def _local(step: Step, out: Path, run_test: bool) -> int:
 
 def _slurm(todo: list[Step], out: Path, run_test: bool, state: dict[str, dict],
            report: Report, say: Callable[[str], None]) -> None:
-    """One ``sbatch`` job per image, each depending on its base's job; then wait for all."""
+    """One Slurm job per image, each depending on its base's job; then wait for all.
+
+    Each job is the build job (:mod:`hpcstack.build.job`) on a typed request: the
+    recipe parsed here, once, and a typed result read back.
+    """
+    from hpcstack.build.builder import load_definition
+    from hpcstack.build.cache import cache_root
+    from hpcstack.build.job import BuildRequest, job_argv, read_result, write_request
     from hpcstack.scheduler import submit, wait
 
     jobs: dict[str, int] = {}
-    hpcstack = str(Path(sys.executable).with_name("hpcstack"))
+    requests: dict[str, BuildRequest] = {}
     for step in todo:
         deffile = out / "recipes" / f"{step.tag}.def"
-        argv = [hpcstack, "build", "-q", "-F", *([] if run_test else ["-T"]),
-                str(step.output), str(deffile)]
+        text = deffile.read_text()
+        base = out / "jobs" / step.tag
+        request = BuildRequest(name=deffile.name, definition=load_definition(str(deffile), text),
+                               text=text, output=str(step.output), run_test=run_test,
+                               cwd=str(deffile.parent), workdir=f"{base}.work",
+                               cache_dir=str(cache_root()), result=f"{base}.result.json")
+        path = write_request(request, Path(f"{base}.json"))
         script = out / "jobs" / f"{step.tag}.sh"
         write_atomic(script, "#!/bin/sh\n#SBATCH --job-name=catalog\nexec "
-                     + shlex.join(argv) + "\n")
-        args = [f"--output={out / 'jobs' / step.tag}.log"]
+                     + shlex.join(job_argv(path)) + "\n")
+        args = [f"--output={base}.log"]
         if step.needs in jobs:
             args.append(f"--dependency=afterok:{jobs[step.needs]}")
-        jobs[step.tag] = submit(script, cwd=out, args=args)
+        jobs[step.tag], requests[step.tag] = submit(script, cwd=out, args=args), request
         say(f"submitted {step.tag} as job {jobs[step.tag]}")
     for step in todo:
-        result = wait(jobs[step.tag], timeout=24 * 3600)
-        if not result.ok or not step.output.exists():
-            raise UserError(f"{step.tag}: build job {jobs[step.tag]} failed "
+        wait(jobs[step.tag], timeout=24 * 3600)
+        result = read_result(requests[step.tag])
+        if result is None or result.error is not None:
+            why = result.error.exception() if result and result.error else "no result"
+            raise UserError(f"{step.tag}: build job {jobs[step.tag]} failed: {why} "
                             f"(see {out / 'jobs' / step.tag}.log)")
-        _record(out, state, step, step.output.stat().st_size, report)
+        _record(out, state, step, result.size, report)
