@@ -221,7 +221,8 @@ def build_comparison(client: Client, base: Path, rounds: int) -> None:
              str(work / "b.def")], cwd=work, check=True, capture_output=True)))
 
         def via_service(i: int = i) -> None:
-            client.defcreate(f"b{i}", work / "b.def", [("data.txt", work / "data.txt")])
+            client.defcreate(f"b{i}", "b.def", (work / "b.def").read_bytes(),
+                             [("data.txt", work / "data.txt")])
             while client.status(f"b{i}")["state"] not in ("ready", "failed", "cancelled"):
                 time.sleep(0.1)
         service.append(timed(via_service))
@@ -254,7 +255,8 @@ def connect_comparison(client: Client, url: str, token: str, settings: Settings,
                                                   term="xterm", tty=tty).wait()))
         bare.append(timed(lambda tty=tty: subprocess.run(
             ["unshare", "--map-root-user", "--map-auto", "--mount", "--pid", "--fork",
-             "chroot", str(sandbox), "true"], stdin=tty, stdout=tty, stderr=tty, check=True)))
+             "/usr/sbin/chroot", str(sandbox), "/bin/true"], stdin=tty, stdout=tty,
+            stderr=tty, check=True)))
         os.close(tty)
         os.close(master)
     t = statistics.median(trip)

@@ -22,10 +22,11 @@ pytestmark = pytest.mark.integration
 PY = str(HPCSTACK_PREFIX / "bin" / "python")
 
 
-def jailed(user: User, spec: dict, *command: str) -> tuple[int, str]:
+def jailed(user: User, spec: dict, *command: str, env: dict[str, str] | None = None
+           ) -> tuple[int, str]:
     """Run ``command`` in a jail made from ``spec`` as ``user``: (status, output)."""
     proc = user.run([PY, "-m", "hpcstack.build.jail", json.dumps(spec), "--", *command],
-                    timeout=120)
+                    timeout=120, env=env)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -74,6 +75,16 @@ def test_the_job_sees_only_its_own_processes(user: User) -> None:
     count, cmdline = out.splitlines()[:2]
     assert int(count) <= 4, out  # the jail's init (PID 1), sh, ls, grep
     assert "-m hpcstack.build.jail" in cmdline, out
+
+
+def test_the_callers_environment_stays_outside(user: User) -> None:
+    """The service's environment (a database URL with its password, say) is not
+    readable from the job's, nor from its init's ``/proc/1/environ``."""
+    secret = {"U2CB_DATABASE_URL": "postgresql://u2cb:pa55word@db/u2cb"}
+    status, out = jailed(user, {}, "sh", "-c", "env; tr '\\0' '\\n' < /proc/1/environ; true",
+                         env=secret)
+    assert status == 0 and "PATH=" in out, out  # the control: the job's own environment
+    assert "pa55word" not in out, out
 
 
 def test_the_root_holds_only_system_directories_and_binds(user: User, secret: str) -> None:

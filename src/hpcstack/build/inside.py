@@ -21,7 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hpcstack.build import layout
-from hpcstack.build.jail import set_read_only
+from hpcstack.build.jail import SAFE_PATH as BUILD_PATH
+from hpcstack.build.jail import in_root, set_read_only
 from hpcstack.build.pack import mksquashfs_flags
 from hpcstack.build.plan import Plan, PlanError, Source
 from hpcstack.deffile import Definition, Script, Stage
@@ -29,7 +30,6 @@ from hpcstack.deffile.model import DefFileError
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size
 
-BUILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 ENV_FILE = "/.singularity.d/env/91-environment.sh"
 LABELS_FILE = "/.build.labels"
@@ -45,31 +45,6 @@ def sh(argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
 
 def mount(*args: str) -> None:
     sh(["mount", *args])
-
-
-def in_root(rootfs: str, path: str) -> str:
-    """``path`` inside ``rootfs``, resolving symlinks as if ``rootfs`` were ``/``."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(rootfs, *resolved, part)
-        if os.path.islink(candidate):
-            hops += 1
-            if hops > 40:
-                raise UserError(f"{path}: too many levels of symbolic links")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(rootfs, *resolved)
 
 
 # --- confinement and mounts ------------------------------------------------------------

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
+import json
 import os
 import platform
 import shutil
@@ -43,9 +45,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from pydantic import BaseModel
 
 from hpcstack.errors import UserError
 from hpcstack.lifetime import die_with_parent
@@ -64,16 +65,19 @@ PASTA_FLAGS = ("--config-net", "--quiet", "-U", "none", "-t", "none", "-u", "non
                "--no-map-gw")
 READY, GO = b"r", b"g"
 PASTA_START_S = 10.0
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class Bind(BaseModel):
+@dataclass
+class Bind:
     """A host path the job sees at the same path, read-only unless ``writable``."""
 
     path: str
     writable: bool = False
 
 
-class JailSpec(BaseModel):
+@dataclass
+class JailSpec:
     """What a jailed job may see and reach.
 
     ``scratch`` is an empty host directory the job may use as the mount point of
@@ -82,12 +86,22 @@ class JailSpec(BaseModel):
     fresh tmpfs with the system directories and ``binds``.
     """
 
-    binds: list[Bind] = []
+    binds: list[Bind] = field(default_factory=list)
     scratch: str = ""
     rootfs: str | None = None
     network: bool = True
-    loopback_ports: list[int] = []  # host loopback TCP ports the job may reach (a registry)
+    loopback_ports: list[int] = field(default_factory=list)  # host loopback TCP ports (a registry)
     cwd: str = "/"
+
+    # A plain dataclass, not a Pydantic model: a connect session imports this module,
+    # and a model class costs it 0.1 s to start (BuildRequest embeds it all the same).
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> JailSpec:
+        data = json.loads(text)
+        return cls(**{**data, "binds": [Bind(**b) for b in data.get("binds", [])]})
 
 
 # --- outside: start the job in its namespaces ------------------------------------------
@@ -98,6 +112,12 @@ def namespace_argv(argv: Sequence[str]) -> list[str]:
     user = ["--map-root-user", "--map-auto"] if os.geteuid() != 0 else []
     return ["unshare", *user, "--mount", "--pid", "--ipc", "--uts", "--net", "--fork",
             "--kill-child", "--", *argv]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The whole environment a jail starts with: none of the service's (say, a
+    database URL with its password) may be read from ``/proc/1/environ`` inside."""
+    return {"PATH": SAFE_PATH, "LANG": "C.UTF-8", **extra}
 
 
 def check_host(spec: JailSpec) -> None:
@@ -119,6 +139,7 @@ def start(module: str, args: Sequence[str], spec: JailSpec, **popen) -> subproce
     waits on a pipe until ``pasta`` has set up its network.
     """
     check_host(spec)
+    popen.setdefault("env", clean_env())
     to_job, from_outside = os.pipe()
     from_job, to_outside = os.pipe()
     argv = [sys.executable, "-m", module, "--jail-fds", f"{to_job},{to_outside}", *args]
@@ -330,10 +351,33 @@ def private_tmp(root: str, *paths: str) -> None:
         _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
 
 
+def in_root(rootfs: str, path: str) -> str:
+    """``path`` inside ``rootfs``, resolving symlinks as if ``rootfs`` were ``/``."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(rootfs, *resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise UserError(f"{path}: too many levels of symbolic links")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(rootfs, *resolved)
+
+
 def resolver(root: str) -> None:
     """The host's resolver and hosts file in an image root (``connect`` sessions)."""
-    from hpcstack.build.inside import in_root
-
     for name in ("resolv.conf", "hosts"):
         host = os.path.realpath(f"/etc/{name}")
         target = in_root(root, f"/etc/{name}")
@@ -471,11 +515,11 @@ def main(argv: list[str]) -> int:
         python -m hpcstack.build.jail '{"binds": [{"path": "/srv/x"}]}' -- ls /srv
     """
     if argv[:1] != ["--jail-fds"]:
-        spec = JailSpec.model_validate_json(argv[0])
+        spec = JailSpec.from_json(argv[0])
         proc = start("hpcstack.build.jail", argv, spec)
         return proc.wait()
     argv = handshake(argv)
-    spec = JailSpec.model_validate_json(argv[0])
+    spec = JailSpec.from_json(argv[0])
     command = argv[2:] if argv[1:2] == ["--"] else argv[1:]
     if not spec.rootfs and not spec.scratch:
         spec.scratch = "/tmp"  # mounted over only in this mount namespace

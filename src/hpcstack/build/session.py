@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from hpcstack.build import jail
 
 SHELL_PROMPT = r"(u2cb) \u@\h:\w\$ "
-BUILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _take_terminal() -> None:
@@ -35,9 +34,8 @@ def start(sandbox: str, command: Sequence[str], *, network: bool, term: str, tty
           loopback_ports: Sequence[int] = ()) -> subprocess.Popen:
     """Start the session on the terminal ``tty`` (a PTY's slave side)."""
     spec = jail.JailSpec(rootfs=sandbox, network=network, loopback_ports=list(loopback_ports))
-    return jail.start("hpcstack.build.session", [spec.model_dump_json(), "--", *command],
-                      spec, stdin=tty, stdout=tty, stderr=tty,
-                      env={"TERM": term, "PATH": os.environ.get("PATH", BUILD_PATH)},
+    return jail.start("hpcstack.build.session", [spec.to_json(), "--", *command],
+                      spec, stdin=tty, stdout=tty, stderr=tty, env=jail.clean_env(TERM=term),
                       cwd="/", close_fds=True, preexec_fn=_take_terminal)
 
 
@@ -51,7 +49,7 @@ def run(spec: jail.JailSpec, command: Sequence[str]) -> int:
     """Enter the jail, run ``command`` (default: a login shell), its exit status."""
     jail.enter(spec)
     argv = list(command) or default_shell()
-    env = {"PATH": BUILD_PATH, "HOME": "/root", "LANG": "C", "TERM": os.environ.get("TERM",
+    env = {"PATH": jail.SAFE_PATH, "HOME": "/root", "LANG": "C", "TERM": os.environ.get("TERM",
            "xterm"), "PS1": SHELL_PROMPT, "USER": "root", "LOGNAME": "root",
            "SHELL": argv[0]}
     # As the namespace's init we must not die of the terminal's Ctrl-C: the command
@@ -74,7 +72,7 @@ def run(spec: jail.JailSpec, command: Sequence[str]) -> int:
 
 def main(argv: list[str]) -> int:
     argv = jail.handshake(argv)
-    spec = jail.JailSpec.model_validate_json(argv[0])
+    spec = jail.JailSpec.from_json(argv[0])
     rest = argv[1:]
     if rest and rest[0] == "--":
         rest = rest[1:]

@@ -85,18 +85,25 @@ def shown(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
+def _text_problem(text: str, what: str, limit: int, *, empty_ok: bool = False) -> str | None:
+    """What every name-like field must be: not empty, not too long, no control characters."""
+    if not text and not empty_ok:
+        return f"{what}: must not be empty"
+    if len(text) > limit:
+        return f"{what}: {len(text)} characters, at most {limit} allowed"
+    if bad := bad_character(text):
+        return _no_controls(what, bad)
+    return None
+
+
 def name_problem(name: str, what: str = "name") -> str | None:
     """Why ``name`` cannot name a container (it ends up in URLs and messages), or None.
 
     The rule: 1 to 64 characters, letters, digits and ``. _ + -``, starting with a letter
     or a digit, never ``..`` (so never ``.``, ``..``, ``/``, NUL or a control character).
     """
-    if not name:
-        return f"{what}: must not be empty"
-    if len(name) > NAME_MAX:
-        return f"{what}: {len(name)} characters, at most {NAME_MAX} allowed"
-    if bad := bad_character(name):
-        return _no_controls(what, bad)
+    if problem := _text_problem(name, what, NAME_MAX):
+        return problem
     if "/" in name or ".." in name:
         return f"{what} {shown(name)}: must not contain '/' or '..'"
     if name in RESERVED_NAMES:
@@ -109,10 +116,8 @@ def name_problem(name: str, what: str = "name") -> str | None:
 
 def base_problem(base: str, what: str = "base") -> str | None:
     """Why ``base`` cannot be what a sandbox starts from, or None (see ``BASE_PATTERN``)."""
-    if len(base) > BASE_MAX:
-        return f"{what}: {len(base)} characters, at most {BASE_MAX} allowed"
-    if bad := bad_character(base):
-        return _no_controls(what, bad)
+    if problem := _text_problem(base, what, BASE_MAX, empty_ok=True):
+        return problem
     if not BASE_RE.fullmatch(base):
         return (f"{what} {shown(base)}: use docker://REF, debootstrap://SUITE or the name "
                 "of one of your containers")
@@ -121,12 +126,8 @@ def base_problem(base: str, what: str = "base") -> str | None:
 
 def user_problem(user: str, what: str = "owner") -> str | None:
     """Why ``user`` cannot be a user name, or None (1..64 of ``A-Z a-z 0-9 . _ - @``)."""
-    if not user:
-        return f"{what}: must not be empty"
-    if len(user) > USER_MAX:
-        return f"{what}: {len(user)} characters, at most {USER_MAX} allowed"
-    if bad := bad_character(user):
-        return _no_controls(what, bad)
+    if problem := _text_problem(user, what, USER_MAX):
+        return problem
     if not USER_RE.fullmatch(user):
         return f"{what} {shown(user)}: not a user name"
     return None
