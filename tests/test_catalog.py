@@ -222,8 +222,9 @@ def test_debian_flavour_recipes(recipes: dict[str, str]) -> None:
 
 
 def test_debian_bases_serve_srun_pmi2_and_carry_an_mpi_hello() -> None:
-    """Open MPI bases that promise pmi2 build Open MPI's s2 component; every MPI base
-    gets /usr/libexec/hpcstack/mpi-hello; the compiler leaves again."""
+    """Open MPI bases that promise pmi2 build Open MPI's s2 component, MPICH bases that
+    promise pmix a PMIx build of MPICH; every MPI base gets /usr/libexec/hpcstack/mpi-hello;
+    the compiler leaves again."""
     def base_def(mpi: str) -> str:
         catalog = parse_catalog("bases:\n  - {name: b, flavour: debian, os: debian12, "
                                 f"mpi: {mpi}}}\n")
@@ -241,6 +242,17 @@ def test_debian_bases_serve_srun_pmi2_and_carry_an_mpi_hello() -> None:
     mpich = base_def("{name: mpich, version: '4.0', pmi: [pmi2]}")
     assert "mca_pmix_s2" not in mpich and "lib=/usr/lib/$ma/libmpich.so.12" in mpich
     assert "--no-install-recommends mpich" in mpich
+    assert "mpich-pmix" not in mpich and "libpmix-dev" not in mpich
+    # pmix: MPICH rebuilt from Debian's source with PMIx beside Debian's libmpich (which
+    # keeps serving pmi2), switched in by an environment script when PMIX_RANK is set.
+    both = base_def("{name: mpich, version: '4.0', pmi: [pmix, pmi2]}")
+    assert "apt-get $apt source --download-only -qq mpich=" in both
+    assert "--with-pmix=/usr/lib/$ma/pmix2 --with-pm=no" in both
+    assert "cp -P lib/.libs/libmpich.so.12* /usr/lib/$ma/mpich-pmix/" in both
+    assert "if comm -23 debian.sym pmix.sym | grep .; then" in both
+    assert "> /.singularity.d/env/80-mpich-pmix.sh" in both
+    assert "new=$(for p in gcc libc6-dev make xz-utils libucx-dev libhwloc-dev libpmix-dev;" in both
+    assert "lib=/usr/lib/$ma/libmpich.so.12" in both and "mca_pmix_s2" not in both
 
 
 def test_naming_rule() -> None:

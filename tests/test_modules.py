@@ -41,11 +41,13 @@ def put(user: User, path: Path, text: str) -> Path:
 
 @pytest.fixture(scope="module")
 def images(user: User) -> dict[str, Path]:
-    """gromacs.sif, lammps.sif (Open MPI) and mpi-hello-mpich.sif (MPICH), built by
-    hpcstack as the user from examples/modules/.
+    """gromacs.sif, lammps.sif (Open MPI), mpi-hello-mpich.sif (Debian's MPICH) and
+    mpi-hello-mpich-pmix.sif (plus MPICH rebuilt with PMIx), built by hpcstack as the user
+    from examples/modules/.
 
     An image built earlier from the very same definition file is reused (a fresh
-    machine, as in CI, builds all three: about five minutes here)."""
+    machine, as in CI, builds all four: about five minutes here for the first three, and
+    six to nine more for the MPICH build of the fourth)."""
     need("mmdebstrap", "unshare", "mksquashfs", "siftool", "ch-run", "unsquashfs")
     work = user.home / "work" / "modules-images"
     user.run(["mkdir", "-p", str(work)], check=True)
@@ -67,6 +69,7 @@ def images(user: User) -> dict[str, Path]:
     build("gromacs")
     build("lammps")
     build("mpi-hello-mpich")
+    build("mpi-hello-mpich-pmix")
     for name, proc in results.items():
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
     return {name: work / f"{name}.sif" for name in results}
@@ -93,6 +96,10 @@ apps:
     version: mpich
     image: {mpich}
     mpi: mpich
+  - name: mpi-hello
+    version: mpich-pmix
+    image: {mpich_pmix}
+    mpi: mpich
 """
 
 
@@ -103,7 +110,8 @@ def site(user: User, images: dict[str, Path]) -> Path:
     work = user.workdir("modules-site")
     path = put(user, work / "site.yaml", SITE.format(
         root=work / "modules", functions="true", gromacs=images["gromacs"],
-        lammps=images["lammps"], mpich=images["mpi-hello-mpich"]))
+        lammps=images["lammps"], mpich=images["mpi-hello-mpich"],
+        mpich_pmix=images["mpi-hello-mpich-pmix"]))
     proc = user.hpcstack("modules", "deploy", "-c", str(path))
     assert proc.returncode == 0, proc.stderr
     return path
@@ -392,16 +400,17 @@ def test_seed_lammps_job_srun_pmi2(user: User, root: Path,
 
 
 def test_check_mpi_table(user: User, site: Path, cluster: slurm_fixture.Slurm) -> None:
-    """Open MPI images work with all three launchers; Debian's MPICH only with pmi2: it
-    has no PMIx client, so `srun --mpi=pmix` and the host's Open MPI `mpirun` start
-    singletons, and the check fails (exit 1) naming them."""
+    """Open MPI images and the MPICH image with a PMIx build beside Debian's libmpich work
+    with all three launchers. Debian's MPICH as packaged only with pmi2: it has no PMIx
+    client, so `srun --mpi=pmix` and the host's Open MPI `mpirun` start singletons, and
+    the check fails (exit 1) naming them."""
     proc = user.hpcstack("modules", "check", "-c", str(site), "--mpi", "--json",
                          env=cluster.env, timeout=900)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["problems"] == []
     got = {(t["module"], t["launcher"]): t for t in report["mpi"]}
-    for module in ("gromacs/2022-cpu", "lammps/2022-cpu"):
+    for module in ("gromacs/2022-cpu", "lammps/2022-cpu", "mpi-hello/mpich-pmix"):
         for launcher in ("pmi2", "pmix", "mpirun"):
             t = got[(module, launcher)]
             assert t["works"] and t["detail"] == "2 ranks", (t, cluster.logs())
@@ -409,7 +418,7 @@ def test_check_mpi_table(user: User, site: Path, cluster: slurm_fixture.Slurm) -
     for launcher in ("pmix", "mpirun"):
         t = got[("mpi-hello/mpich", launcher)]
         assert not t["works"] and "singletons" in t["detail"], t
-    assert len(got) == 9
+    assert len(got) == 12
 
 
 def test_check_mpi_plain_table_and_one_launcher(user: User, site: Path,
@@ -421,7 +430,8 @@ def test_check_mpi_plain_table_and_one_launcher(user: User, site: Path,
     assert rows[0] == ["module", "pmi2"]
     assert {r[0]: r[1] for r in rows[1:]} == {"gromacs/2022-cpu": "works",
                                               "lammps/2022-cpu": "works",
-                                              "mpi-hello/mpich": "works"}
+                                              "mpi-hello/mpich": "works",
+                                              "mpi-hello/mpich-pmix": "works"}
 
 
 def test_check_mpi_bad_launcher_is_one_line(user: User, site: Path) -> None:

@@ -87,7 +87,8 @@ def _debian_base(base: BaseImage, fmt: str, images: str, registry: str) -> str:
         suite=DEBIAN_SUITES[spec.os], labels=labels,
         packages=[*pkgs, *spec.packages, *spec.runtime_packages],
         mpi=own_mpi.name if own_mpi else None,
-        pmi2=bool(own_mpi and own_mpi.name == "openmpi" and "pmi2" in own_mpi.pmi))
+        pmi2=bool(own_mpi and own_mpi.name == "openmpi" and "pmi2" in own_mpi.pmi),
+        mpich_pmix=bool(own_mpi and own_mpi.name == "mpich" and "pmix" in own_mpi.pmi))
 
 
 def _debian_dev(base: BaseImage) -> list[str]:
