@@ -66,6 +66,8 @@ PASTA_FLAGS = ("--config-net", "--quiet", "-U", "none", "-t", "none", "-u", "non
 READY, GO = b"r", b"g"
 PASTA_START_S = 10.0
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ENV_KEPT = ("LANG", "LC_ALL", "TZ", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY",
+            "HTTPS_PROXY", "NO_PROXY")
 
 
 @dataclass
@@ -115,9 +117,10 @@ def namespace_argv(argv: Sequence[str]) -> list[str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The whole environment a jail starts with: none of the service's (say, a
-    database URL with its password) may be read from ``/proc/1/environ`` inside."""
-    return {"PATH": SAFE_PATH, "LANG": "C.UTF-8", **extra}
+    """The whole environment a jail starts with: the tools' path and locale and a
+    site's proxy, none of the service's own (say, a database URL with its password)."""
+    kept = {k: v for k, v in os.environ.items() if k in ENV_KEPT}
+    return {"PATH": SAFE_PATH, "LANG": "C.UTF-8", **kept, **extra}
 
 
 def check_host(spec: JailSpec) -> None:
@@ -142,7 +145,10 @@ def start(module: str, args: Sequence[str], spec: JailSpec, **popen) -> subproce
     popen.setdefault("env", clean_env())
     to_job, from_outside = os.pipe()
     from_job, to_outside = os.pipe()
-    argv = [sys.executable, "-m", module, "--jail-fds", f"{to_job},{to_outside}", *args]
+    # Isolated (-I): neither the working directory nor a user site joins sys.path, so
+    # neither is bound in by python_dirs().
+    argv = [sys.executable, "-I", "-m", module, "--jail-fds", f"{to_job},{to_outside}",
+            *args]
     proc = subprocess.Popen(namespace_argv(argv), pass_fds=(to_job, to_outside), **popen)
     os.close(to_job)
     os.close(to_outside)
@@ -196,7 +202,7 @@ def end_with(proc: subprocess.Popen, helper: subprocess.Popen) -> None:
     """End ``helper`` (pasta) once ``proc`` (the jail) has ended."""
     def watch() -> None:
         proc.wait()
-        helper.terminate()
+        helper.kill()  # pasta whose namespace is gone may ignore SIGTERM
         helper.wait()
 
     threading.Thread(target=watch, name="jail-network", daemon=True).start()
@@ -302,11 +308,9 @@ def system_tree(root: str) -> None:
 
 
 def python_dirs() -> list[str]:
-    """Directories outside ``/usr`` that the running Python imports from.
-
-    Not ``sys.path[0]``: under ``python -m`` that is the working directory.
-    """
-    dirs = {os.path.realpath(p) for p in (sys.prefix, *sys.path[1:]) if p and os.path.isdir(p)}
+    """Directories outside ``/usr`` that the running Python imports from (run with ``-I``,
+    so not the working directory)."""
+    dirs = {os.path.realpath(p) for p in (sys.prefix, *sys.path) if p and os.path.isdir(p)}
     outside = sorted(d for d in dirs if not d.startswith("/usr/") and d != "/")
     return [d for d in outside if not any(d.startswith(o + "/") for o in outside)]
 
