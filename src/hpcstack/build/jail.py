@@ -58,6 +58,10 @@ HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 PASTA_FLAGS = ("--config-net", "--quiet", "-U", "none", "-t", "none", "-u", "none",
                "--no-map-gw")
 READY, GO = b"r", b"g"
+# What of the starting process's environment a job gets (its tools need the path, the
+# locale and a site's proxy); the service's own settings and credentials stay outside.
+ENV_KEPT = ("PATH", "LANG", "LC_ALL", "TZ", "http_proxy", "https_proxy", "no_proxy",
+            "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
 class Bind(BaseModel):
@@ -111,11 +115,18 @@ def start(module: str, args: Sequence[str], spec: JailSpec, **popen) -> subproce
 
     ``module`` calls :func:`handshake` on its arguments, then :func:`enter`: it
     waits on a pipe until ``pasta`` has set up its network.
+
+    Python runs isolated (``-I``): neither the working directory (the container's
+    directory on the service) nor the account's user site joins ``sys.path``, so
+    neither is bound into the jail by :func:`python_dirs`.  The job's environment is
+    ``ENV_KEPT`` of ours (or ``popen["env"]``): never the service's own variables.
     """
     check_host(spec)
     to_job, from_outside = os.pipe()
     from_job, to_outside = os.pipe()
-    argv = [sys.executable, "-m", module, "--jail-fds", f"{to_job},{to_outside}", *args]
+    argv = [sys.executable, "-I", "-m", module, "--jail-fds", f"{to_job},{to_outside}",
+            *args]
+    popen.setdefault("env", {k: v for k, v in os.environ.items() if k in ENV_KEPT})
     proc = subprocess.Popen(namespace_argv(argv), pass_fds=(to_job, to_outside), **popen)
     os.close(to_job)
     os.close(to_outside)
@@ -358,4 +369,52 @@ def enter(spec: JailSpec) -> None:
     pivot(root)
     if not spec.rootfs:
         set_read_only("/", True, recursive=False)  # the skeleton itself stays as built
+    lock_mounts()
     os.chdir(spec.cwd)
+
+
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+
+
+def lock_mounts() -> None:
+    """Go on in a nested user namespace, with a mount namespace of its own.
+
+    Root of the jail's user namespace may ``mount -o remount,rw`` what :func:`bind`
+    made read-only: the job's uploads, the site's CA, the Python — files of the
+    service account, which that root can write.  When a mount namespace is copied
+    for a user namespace below the one that owns it, the kernel locks every mount:
+    read-only stays read-only, and nothing can be unmounted to show what is below.
+    The job keeps root's other powers (``chown``, ``apt``'s ``setgroups``), its IDs
+    mapped one to one; it may still mount anew (``proc`` of a PID namespace of its own,
+    ``tmpfs``, binds) but not change or remove the jail's mounts.
+
+    Must be called single-threaded, by the jail's PID 1: a helper it forks (still in
+    the jail's user namespace, where it may) writes the nested namespace's ID maps.
+    """
+    maps = {kind: Path(f"/proc/self/{kind}_map").read_text() for kind in ("uid", "gid")}
+    read_fd, write_fd = os.pipe()
+    helper = os.fork()
+    if helper == 0:  # pragma: no cover - the child
+        os.close(write_fd)
+        status = 1
+        try:
+            if os.read(read_fd, 1) == GO:
+                parent = os.getppid()
+                for kind, text in maps.items():  # one to one, extent by extent (an
+                    # extent of the nested map must lie within one of ours)
+                    extents = [line.split() for line in text.splitlines()]
+                    Path(f"/proc/{parent}/{kind}_map").write_text("".join(
+                        f"{e[0]} {e[0]} {e[2]}\n" for e in extents if len(e) == 3))
+                status = 0
+        finally:
+            os._exit(status)
+    os.close(read_fd)
+    failed = libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0
+    err = ctypes.get_errno()
+    os.write(write_fd, READY if failed else GO)
+    os.close(write_fd)
+    _, status = os.waitpid(helper, 0)
+    if failed:
+        raise OSError(err, f"unshare of the nested user namespace: {os.strerror(err)}")
+    if status != 0:
+        raise OSError("the nested user namespace's ID maps could not be written")
