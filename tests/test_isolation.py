@@ -296,6 +296,13 @@ probe() {
             fi
         done
     done
+    for p in $SKELETON; do
+        for at in "" /proc/1/root; do
+            for e in "$at$p"/* "$at$p"/.[!.]*; do
+                if [ -e "$e" ] || [ -L "$e" ]; then say entry "$e"; fi
+            done
+        done
+    done
     for s in $SOCKETS; do
         munge -n --socket="$s" 2>/dev/null | sed "s|^|PROBE $door munge |"
     done
@@ -350,10 +357,14 @@ def probe_script(service: Service, v: Victim, c: Canaries, mine: str, registry, 
                  cluster=None) -> str:
     """The probe with what the attacker is assumed to know (the service's data dir)."""
     (va, vb), (ua, ub), (ma, mb) = half(v.sandbox_secret), half(v.upload_secret), half(mine)
-    paths = [service.data, service.data / "u2cb.db", service.data / "containers",
-             service.data / "cache" / str(v.user.uid), v.box / "sandbox" / "secret",
-             v.defn / "def" / "secret.txt", v.defn / "image.sif", service.account.home,
-             service.ca, Path(service.munge.socket), Path("/run/munge/munge.socket.2")]
+    paths = [service.data / "u2cb.db", service.data / "u2cb.db-wal", service.data / "tmp",
+             service.data / "cache" / str(v.user.uid), v.box, v.box / "sandbox" / "secret",
+             v.defn / "def" / "secret.txt", v.defn / "image.sif", v.defn / "build.log",
+             service.account.home / ".bashrc", Path(service.munge.socket),
+             Path("/run/munge/munge.socket.2")]
+    # on the way to the job's own binds: may exist, holding nothing but that way
+    skeleton = [service.account.home, service.data.parent, service.data,
+                service.data / "containers", service.data / "cache"]
     sockets = [service.munge.socket, "/run/munge/munge.socket.2"]
     targets = [f"127.0.0.1:{service.port}", f"127.0.0.1:{c.loopback.port}",
                f"{c.host_ip}:{c.anyaddr.port}", f"{c.host_ip}:{service.port}",
@@ -368,7 +379,8 @@ def probe_script(service: Service, v: Victim, c: Canaries, mine: str, registry, 
     header = "\n".join([
         f"VA='{va}'; VB='{vb}'; UA='{ua}'; UB='{ub}'; MA='{ma}'; MB='{mb}'",
         f"PATHS='{' '.join(map(str, paths))}'", f"SOCKETS='{' '.join(sockets)}'",
-        f"TARGETS='{' '.join(targets)}'", f"WRITE_TO='{' '.join(map(str, write_to))}'"])
+        f"TARGETS='{' '.join(targets)}'", f"SKELETON='{' '.join(map(str, skeleton))}'",
+        f"WRITE_TO='{' '.join(map(str, write_to))}'"])
     return header + PROBE
 
 
@@ -460,15 +472,51 @@ def test_attack_read_victims_secrets_anywhere(probed: Probe, door: str, service:
 
 
 def test_attack_read_service_data_db_and_munge(probed: Probe, door: str, service: Service,
-                                               victim_data: Victim) -> None:
-    """The service's data dir, u2cb.db, the victim's container files, the service
-    account's home, its CA dir, MUNGE sockets: not there, not listed, not read."""
+                                               attacker: User, victim_data: Victim) -> None:
+    """u2cb.db, the victim's container and files and cache, the service account's home,
+    MUNGE sockets: not there, not read.  Of the data dir and the service's home the view
+    holds only the way to the job's own binds (its container's files, its cache, the CA)."""
     assert probed.said(door, "exists") == [], probed.said(door, "exists")
     assert probed.said(door, "listing") == []
     assert probed.said(door, "read") == []
     assert probed.said(door, "munge") == []
     assert "SQLite format" not in probed.text[door]
     assert "MUNGE:" not in probed.text[door]
+    allowed = own_view(service, attacker)
+    entries = [e.removeprefix("/proc/1/root") for e in probed.said(door, "entry")]
+    assert [e for e in entries if e not in allowed] == []
+
+
+def own_view(service: Service, attacker: User) -> set[str]:
+    """The paths of the data dir and the service's home an attacker's job may see."""
+    data, home = service.data, service.account.home
+    ids = attackers_containers(service, attacker)
+    return {str(p) for p in [home / data.parent.name, data.parent / data.name,
+                             home / service.ca.name,  # type: ignore[attr-defined]
+                             data / "containers", data / "cache",
+                             data / "cache" / str(attacker.uid),
+                             *(data / "containers" / str(i) for i in ids)]}
+
+
+def attackers_containers(service: Service, attacker: User) -> list[int]:
+    from hpcstack.service import db
+
+    database = db.Database(f"sqlite:///{service.data / 'u2cb.db'}")
+    try:
+        with database.session() as s:
+            return [r.id for r in db.listing(s, attacker.uid)]
+    finally:
+        database.dispose()
+
+
+def own_writable(service: Service, attacker: User, path: str) -> bool:
+    """The job's own scratch, cache and private mounts: writable by design."""
+    path = path.removeprefix("/proc/1/root")
+    own = [str(service.data / "containers" / str(i) / "tmp")
+           for i in attackers_containers(service, attacker)]
+    own += [str(service.data / "cache" / str(attacker.uid)), "/tmp", "/var/tmp", "/run",
+            "/dev"]
+    return any(path == o or path.startswith(o + "/") for o in own)
 
 
 def test_attack_see_other_processes(probed: Probe, door: str, canaries: Canaries) -> None:
@@ -516,19 +564,23 @@ def test_attack_reach_host_services(probed: Probe, door: str, target: str, servi
 
 
 def test_attack_write_victims_and_services_files(probed: Probe, door: str, service: Service,
-                                                 victim_data: Victim) -> None:
+                                                 attacker: User, victim_data: Victim) -> None:
     """Writes into the data dir, the victim's container, sandbox and uploads, the
     service's home and CA dir: all fail, nothing appears there."""
-    assert probed.said(door, "wrote") == []
+    wrote = probed.said(door, "wrote")
+    assert [w for w in wrote if not own_writable(service, attacker, w)] == [], wrote
     assert_victim_files_untouched(service, victim_data)
-    assert [p for p in service_files(service) if p.name.startswith("pwned-")] == []
+    assert [p for p in service_files(service) if p.name.startswith("pwned-")
+            and not own_writable(service, attacker, str(p))] == []
 
 
 def test_attack_remount_read_only_mounts_writable(probed: Probe, door: str, service: Service,
-                                                  victim_data: Victim) -> None:
+                                                  attacker: User, victim_data: Victim) -> None:
     """mount -o remount,bind,rw on every read-only mount of the view: refused (the jail's
-    read-only binds — uploads, the site's CA, the Python — stay read-only)."""
-    assert probed.said(door, "remounted") == []
+    read-only binds — uploads, the site's CA, the Python, /etc — stay read-only).  Only
+    what %setup's own confinement made read-only of the job's scratch may be undone."""
+    remounted = probed.said(door, "remounted")
+    assert [m for m in remounted if not own_writable(service, attacker, m)] == [], remounted
     assert not [p for p in service.ca.iterdir() if p.name != "ca.crt"]  # type: ignore[attr-defined]
     assert_victim_files_untouched(service, victim_data)
 
@@ -807,7 +859,8 @@ def test_limit_quota_exceeded_during_the_build(limited: Service, attacker: User,
     assert "disk quota exceeded during the build" in err, err
     listed = json.loads(limited.u2cb(victim, "list", "--json", check=True).stdout)
     assert {c["name"] for c in listed} == {"tinyimg", "tiny"}
-    assert limited.u2cb(victim, "connect", "-n", "tiny", "--", "cat", "/bin/sh").returncode == 0
+    out = limited.u2cb(victim, "connect", "-n", "tiny", "--", "/bin/echo", "still-mine")
+    assert out.stdout.strip() == "still-mine", out.stderr
 
 
 def start_session(svc: Service, user: User, *cmd: str) -> subprocess.Popen:
@@ -863,9 +916,10 @@ def test_connect_in_the_jail_keeps_size_ctrl_c_and_status(service: Service,
     term.send("tr '\\0' ' ' < /proc/1/cmdline; echo; echo pid=$$ ppid=$PPID\n")
     term.expect(r"hpcstack\.build\.session")
     term.expect(r"ppid=1\b")
-    term.send("sleep 300; echo status=$?\n")
+    term.send("sleep 300\n")
     time.sleep(1.5)
     term.send("\x03")
+    term.send("echo status=$?\n")
     term.expect(r"status=130")
     term.resize(41, 99)
     time.sleep(0.5)
@@ -873,3 +927,45 @@ def test_connect_in_the_jail_keeps_size_ctrl_c_and_status(service: Service,
     term.expect(r"41 99")
     term.send("kill -KILL $$\n")
     assert term.wait() == 137
+
+
+# --- an exploit chain: plant a symbolic link where the service reads for the attacker ---
+
+
+@pytest.mark.parametrize("target", ["victim-upload", "service-db"])
+def test_exploit_build_log_symlink_to_others_files(service: Service, attacker: User,
+                                                   victim_data: Victim, target: str,
+                                                   registry) -> None:  # noqa: F811
+    """From %post, escape to the jail's root, find the own container directory,
+    remount it writable and make ``build.log`` a link to the victim's upload (or the
+    service's database): ``u2cb logs`` must not serve it."""
+    aim = {"victim-upload": victim_data.defn / "def" / "secret.txt",
+           "service-db": service.data / "u2cb.db"}[target]
+    containers = service.data / "containers"
+    work = attacker.workdir(f"iso-exploit-{target}")
+    put(attacker, work / "x.def", f"""Bootstrap: docker
+From: {registry['host']}/debian:bookworm
+
+%post
+    cat > /tmp/x.sh <<'EOF'
+for d in {containers}/*; do
+    [ -d "$d" ] || continue
+    echo "exploit: sees $d"
+    mount -o remount,bind,rw "$d" && echo "exploit: remounted $d"
+    ln -sfn {aim} "$d/build.log.x" && mv -fT "$d/build.log.x" "$d/build.log" &&
+        echo "exploit: planted $d/build.log"
+done
+EOF
+    cp /tmp/x.sh /proc/1/root/tmp/x.sh
+    chroot /proc/1/root /bin/sh /tmp/x.sh || true
+""")
+    name = f"exploit-{target}"
+    service.u2cb(attacker, "defcreate", "-n", name, "-d", "x.def", cwd=work, timeout=600)
+    log = service.u2cb(attacker, "logs", "-n", name)
+    seen = log.stdout + log.stderr
+    assert victim_data.upload_secret not in seen
+    assert "SQLite format" not in seen
+    assert "exploit: planted" not in seen and "exploit: remounted" not in seen, seen[-2000:]
+    mine = container_dir(service, attacker, name)
+    assert not (mine / "build.log").is_symlink()
+    assert_victim_files_untouched(service, victim_data)
