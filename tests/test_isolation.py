@@ -26,6 +26,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import threading
@@ -141,12 +142,14 @@ def canaries(victim: User, svc_account: User) -> Iterator[Canaries]:
              for n, who in enumerate(("victim", "service"))}
     owners = {"victim": victim, "service": svc_account}
     procs = [subprocess.Popen(owners[who].argv(["sleep", mark], owners[who].env()),
-                              stdin=subprocess.DEVNULL) for mark, who in marks.items()]
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+             for mark, who in marks.items()]
     c = Canaries(Listener("127.0.0.1"), Listener("0.0.0.0"), host_address(), marks, procs,
                  "u2cb-env-" + secrets.token_hex(12))
     yield c
-    for p in procs:
-        p.kill()
+    for p in procs:  # runuser and the sleep it started
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     c.loopback.close()
     c.anyaddr.close()

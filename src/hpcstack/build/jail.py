@@ -34,10 +34,14 @@ import fcntl
 import os
 import platform
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -134,7 +138,8 @@ def start(module: str, args: Sequence[str], spec: JailSpec, **popen) -> subproce
         if os.read(from_job, 1) != READY:
             raise UserError("the jail did not start (see the log above)")
         if spec.network:
-            attach_network(proc.pid, spec.loopback_ports)
+            pasta = attach_network(proc.pid, spec.loopback_ports)
+            threading.Thread(target=end_network_with, args=(proc, pasta), daemon=True).start()
         os.write(from_outside, GO)
     except BaseException:
         proc.kill()
@@ -146,22 +151,39 @@ def start(module: str, args: Sequence[str], spec: JailSpec, **popen) -> subproce
     return proc
 
 
-def attach_network(pid: int, loopback_ports: Sequence[int] = ()) -> None:
+def attach_network(pid: int, loopback_ports: Sequence[int] = ()) -> int:
     """User-mode networking for the namespaces of ``pid``: pasta, host loopback off.
 
     By default pasta forwards the host's loopback ports into the namespace; these
     flags turn every forward and the gateway mapping off, but for the TCP ports a
-    site names (a registry on the build node's loopback).  pasta ends by itself
-    when the namespace does.
+    site names (a registry on the build node's loopback).  Returns pasta's PID:
+    attached to a PID (not a path) pasta does not end with the namespace, so
+    :func:`end_network_with` ends it with the job.
     """
     if os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
         raise UserError(f"process {pid} is not in a network namespace of its own")
     forward = ",".join(str(p) for p in loopback_ports) or "none"
-    done = subprocess.run(["pasta", *PASTA_FLAGS, "-T", forward, str(pid)], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, check=False)
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise UserError(f"pasta could not give the build its network: {why}")
+    with tempfile.TemporaryDirectory(prefix="u2cb-pasta-") as tmp:
+        pidfile = Path(tmp, "pid")
+        done = subprocess.run(["pasta", *PASTA_FLAGS, "-T", forward, "-P", str(pidfile),
+                               str(pid)], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise UserError(f"pasta could not give the build its network: {why}")
+        deadline = time.monotonic() + 10  # written by pasta's daemon, maybe just after
+        while not (text := pidfile.read_text().strip() if pidfile.exists() else ""):
+            if time.monotonic() > deadline:
+                raise UserError("pasta did not say its process ID")
+            time.sleep(0.05)
+        return int(text)
+
+
+def end_network_with(proc: subprocess.Popen, pasta: int) -> None:
+    """When the jailed job has ended, end its pasta."""
+    proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pasta, signal.SIGTERM)
 
 
 def handshake(argv: list[str]) -> list[str]:

@@ -177,6 +177,8 @@ class Scheduler:
         for row in queued:
             if len(self.handles) >= self.settings.max_workers:
                 return
+            if not store.Paths(self.settings.containers_dir(), row.id).request.is_file():
+                continue  # its record is in, its request not yet written: next tick
             with self.db.session() as s:
                 busy = db.running_count(s, row.uid) + self.sessions_of(row.uid)
                 if busy >= self.settings.max_builds_per_user:
@@ -193,9 +195,8 @@ class Scheduler:
 
     def _launch(self, row: db.ContainerRow) -> None:
         paths = store.Paths(self.settings.containers_dir(), row.id)
-        job = self.job_for(row, paths)
         try:
-            handle = self.executor.start(job)
+            handle = self.executor.start(self.job_for(row, paths))
         except Exception as err:
             self._record(row.id, State.FAILED, f"could not start the build: {err}")
             return
