@@ -589,8 +589,10 @@ def test_attack_remount_read_only_mounts_writable(probed: Probe, door: str, serv
 
 
 def service_files(service: Service) -> list[Path]:
-    out = []
-    for root in (service.data, service.account.home, service.ca):  # type: ignore[attr-defined]
+    """Files of this service: its data dir (but sandboxes), its CA dir, the account's home."""
+    home = service.account.home
+    out = [p for p in home.iterdir() if p.is_file()]
+    for root in (service.data, service.ca):  # type: ignore[attr-defined]
         for path, _dirs, files in os.walk(root):
             if "/sandbox" in path:
                 continue
