@@ -952,24 +952,24 @@ def test_exploit_build_log_symlink_to_others_files(service: Service, attacker: U
 From: {registry['host']}/debian:bookworm
 
 %post
-    cat > /tmp/x.sh <<'EOF'
-for d in {containers}/*; do
-    [ -d "$d" ] || continue
-    echo "exploit: sees $d"
-    mount -o remount,bind,rw "$d" && echo "exploit: remounted $d"
-    ln -sfn {aim} "$d/build.log.x" && mv -fT "$d/build.log.x" "$d/build.log" &&
-        echo "exploit: planted $d/build.log"
-done
-EOF
-    cp /tmp/x.sh /proc/1/root/tmp/x.sh
-    chroot /proc/1/root /bin/sh /tmp/x.sh || true
+    chroot /proc/1/root /bin/sh -c 'echo "exploit: ran"
+    for d in {containers}/*; do
+        [ -d "$d" ] || continue
+        echo "exploit: sees $d"
+        mount -o remount,bind,rw "$d" && echo "exploit: remounted $d"
+        ln -sfn {aim} "$d/build.log.x" && mv -fT "$d/build.log.x" "$d/build.log" &&
+            echo "exploit: planted $d/build.log"
+    done' || true
 """)
     name = f"exploit-{target}"
-    service.u2cb(attacker, "defcreate", "-n", name, "-d", "x.def", cwd=work, timeout=600)
+    build = service.u2cb(attacker, "defcreate", "-n", name, "-d", "x.def", cwd=work,
+                         timeout=600)
     log = service.u2cb(attacker, "logs", "-n", name)
     seen = log.stdout + log.stderr
     assert victim_data.upload_secret not in seen
     assert "SQLite format" not in seen
+    assert build.returncode == 0, build.stderr + seen[-2000:]
+    assert "exploit: ran" in seen, seen[-2000:]  # it did run: the log is still the log
     assert "exploit: planted" not in seen and "exploit: remounted" not in seen, seen[-2000:]
     mine = container_dir(service, attacker, name)
     assert not (mine / "build.log").is_symlink()
