@@ -969,8 +969,9 @@ From: {registry['host']}/debian:bookworm
     assert victim_data.upload_secret not in seen
     assert "SQLite format" not in seen
     assert build.returncode == 0, build.stderr + seen[-2000:]
-    assert "exploit: ran" in seen, seen[-2000:]  # it did run: the log is still the log
-    assert "exploit: planted" not in seen and "exploit: remounted" not in seen, seen[-2000:]
+    said = re.findall(r"^exploit: (\w+)", seen, re.M)  # its output, not sh -x's trace
+    assert "ran" in said, seen[-2000:]  # it did run: the log is still the log
+    assert "planted" not in said and "remounted" not in said, seen[-2000:]
     mine = container_dir(service, attacker, name)
     assert not (mine / "build.log").is_symlink()
     assert_victim_files_untouched(service, victim_data)
