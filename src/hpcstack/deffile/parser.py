@@ -351,10 +351,11 @@ def _scan_stage(chunk: list[tuple[int, str]], builder: _StageBuilder) -> Stage |
 
 
 # Characters that some readers take for line breaks and others do not (Python's
-# ``str.splitlines()`` splits on all of these, Apptainer's parser on none): a file
-# holding one could mean one thing to a checker and another to a builder.
-# NUL ends strings in the C tools that read the file next.
-CONFUSING = re.compile("[\x00\x0b\x0c\r\x1c-\x1e\x85\u2028\u2029]")
+# ``str.splitlines()`` splits on form feed, U+2028 and more, Apptainer's parser on
+# none), NUL, which ends strings in the C tools that read the file next, and terminal
+# controls (an escape sequence can hide a line from whoever reads the file or its log):
+# every control character but the tab.  Scripts write ``printf '\033'`` instead.
+CONFUSING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def confusing_characters(lines: list[str], filename: str) -> list[DefFileError]:
