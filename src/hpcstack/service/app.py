@@ -578,12 +578,10 @@ def cancel_build(svc: Service, row: db.ContainerRow) -> None:
 
 
 def read_log(svc: Service, row: db.ContainerRow, offset: int, limit: int = 1 << 20) -> LogChunk:
-    path = svc.paths(row.id).log
     data = b""
-    if path.exists():
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read(limit)
+    with contextlib.suppress(OSError), own_file(svc.paths(row.id).log) as fh:
+        fh.seek(offset)
+        data = fh.read(limit)
     with svc.db.session() as s:
         r = s.get(db.ContainerRow, row.id)
         state = State(r.state) if r else State.FAILED
@@ -592,12 +590,23 @@ def read_log(svc: Service, row: db.ContainerRow, offset: int, limit: int = 1 << 
                     next_offset=offset + len(data), done=done)
 
 
+def own_file(path: Path):
+    """``path`` opened for reading, never through a symbolic link (a second wall: no
+    build or session can reach a container's directory to plant one)."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+
+
+def regular(path: Path) -> bool:
+    """A regular file itself, not a link to one."""
+    return path.is_file() and not path.is_symlink()
+
+
 def artifact_path(svc: Service, row: db.ContainerRow) -> tuple[str | None, str | None]:
     p = svc.paths(row.id)
     if row.kind == Kind.DEF.value:
-        return (str(p.image), row.sha256) if p.image.is_file() else (None, None)
+        return (str(p.image), row.sha256) if regular(p.image) else (None, None)
     sha_file = p.dir / "packed.sif.sha256"
-    if p.packed.is_file() and sha_file.is_file():
+    if regular(p.packed) and regular(sha_file):
         return str(p.packed), sha_file.read_text().strip()
     return None, None
 
