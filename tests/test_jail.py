@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -150,3 +151,13 @@ def test_without_network_only_its_own_loopback(user: User, listener: int) -> Non
     assert status == 0 and out.split() == ["lo"], out
     _, out = jailed(user, {"network": False}, PY, "-c", CONNECT, str(listener))
     assert out.startswith("refused"), out
+
+
+def test_no_network_helper_outlives_its_jail(user: User) -> None:
+    """pasta attached to a process never ends by itself: the jail's owner ends it."""
+    need("pasta")
+    status, _ = jailed(user, {"network": True}, "true")
+    assert status == 0
+    left = subprocess.run(["pgrep", "-u", str(user.uid), "-f", "pasta --config-net"],
+                          capture_output=True, text=True).stdout.split()
+    assert left == [], left

@@ -180,18 +180,20 @@ def attach_network(pid: int, loopback_ports: Sequence[int] = ()) -> subprocess.P
     if os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
         raise UserError(f"process {pid} is not in a network namespace of its own")
     forward = ",".join(str(p) for p in loopback_ports) or "none"
-    with tempfile.TemporaryDirectory(prefix="hpcstack-pasta-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hpcstack-pasta-") as tmp, \
+            open(Path(tmp) / "stderr", "w+b") as errors:  # a file: a pipe could fill up
         ready = Path(tmp) / "pid"
         pasta = subprocess.Popen(["pasta", *PASTA_FLAGS, "-T", forward, "--foreground",
                                   "--pid", str(ready), str(pid)], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=errors,
                                  preexec_fn=die_with_parent)
         deadline = time.monotonic() + PASTA_START_S
         while not ready.exists():
-            status = pasta.poll()
-            if status is not None or time.monotonic() > deadline:
+            if pasta.poll() is not None or time.monotonic() > deadline:
                 pasta.kill()
-                why = pasta.communicate()[1].decode(errors="replace").strip().splitlines()
+                pasta.wait()
+                errors.seek(0)
+                why = errors.read().decode(errors="replace").strip().splitlines()
                 raise UserError("pasta could not give the job its network: "
                                 + (why[-1] if why else f"exit status {pasta.returncode}"))
             time.sleep(0.002)
