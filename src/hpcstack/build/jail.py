@@ -186,7 +186,7 @@ def attach_network(pid: int, loopback_ports: Sequence[int] = ()) -> subprocess.P
         pasta = subprocess.Popen(["pasta", *PASTA_FLAGS, "-T", forward, "--foreground",
                                   "--pid", str(ready), str(pid)], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=errors,
-                                 preexec_fn=die_with_parent)
+                                 preexec_fn=lambda: die_with_parent(signal.SIGKILL))
         deadline = time.monotonic() + PASTA_START_S
         while not ready.exists():
             if pasta.poll() is not None or time.monotonic() > deadline:
