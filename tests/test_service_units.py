@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -335,3 +336,13 @@ def test_instances_recover_their_own_and_dead_ones_only(database: db.Database,
         for pgid, _ in groups.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, 9)
+
+
+def test_service_and_client_import_nothing_of_the_admin_cli() -> None:
+    """Imports point down: the service and ``u2cb`` never load ``hpcstack.cli``."""
+    code = ("import sys, hpcstack.service.app, hpcstack.client.main, hpcstack.build.job\n"
+            "print(sorted(m for m in sys.modules if m == 'hpcstack.cli' "
+            "or m.startswith('hpcstack.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out

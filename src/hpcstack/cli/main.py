@@ -21,10 +21,10 @@ from rich.table import Table
 from hpcstack import __version__
 from hpcstack.cli.bench import bench
 from hpcstack.cli.catalog import app as catalog_app
-from hpcstack.cli.entry import run_app
 from hpcstack.cli.modules import app as modules_app
 from hpcstack.cli.serve import serve
 from hpcstack.cli.studio import app as studio_app
+from hpcstack.entry import run_app
 from hpcstack.errors import UserError
 
 app = typer.Typer(help="Run an HPC center's software stack in containers.",

@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hpcstack.cli.entry import run_app
 from hpcstack.client.api import Client, load_config
+from hpcstack.entry import run_app
 from hpcstack.errors import UserError
 from hpcstack.service.models import name_problem
 
