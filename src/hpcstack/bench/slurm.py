@@ -16,24 +16,14 @@ from typing import Any
 
 from hpcstack.bench import Options
 from hpcstack.bench.hpcc import render
+from hpcstack.bench.job import BenchRequest
 from hpcstack.errors import UserError
 from hpcstack.scheduler import submit, wait
 
 
-def job_argv(opts: Options, out: Path) -> list[str]:
-    """The command each job runs: this very hpcstack, with this run's options."""
-    argv = [sys.executable, "-m", "hpcstack", "bench", "--json", str(out),
-            "--rounds", str(opts.round_count()), "--ranks", str(opts.ranks)]
-    argv += ["--quick"] if opts.quick else []
-    argv += ["--size", str(opts.size)] if opts.size else []
-    argv += ["--runtime", opts.runtime] if opts.runtime else []
-    argv += ["--image", str(opts.image)] if opts.image else []
-    return argv
-
-
-def job_script(partition: str, opts: Options, out: Path, log: Path) -> str:
-    """The batch script (templates/job.sh.j2)."""
-    command = shlex.join(job_argv(opts, out))
+def job_script(partition: str, opts: Options, request: Path, log: Path) -> str:
+    """The batch script (templates/job.sh.j2): the bench job on its typed request."""
+    command = shlex.join([sys.executable, "-m", "hpcstack.bench.job", str(request)])
     return render("job.sh.j2", partition=partition, ranks=opts.ranks, log=log, command=command)
 
 
@@ -42,8 +32,11 @@ def run_partitions(opts: Options, workdir: Path | None = None) -> dict[str, dict
     base = Path(tempfile.mkdtemp(prefix="hpcstack-bench-jobs-", dir=workdir or Path.home()))
     jobs = {}
     for part in opts.partitions:
+        request = base / f"{part}.request.json"
+        request.write_text(BenchRequest(options=opts, output=str(base / f"{part}.json"))
+                           .model_dump_json())
         script = base / f"{part}.sh"
-        script.write_text(job_script(part, opts, base / f"{part}.json", base / f"{part}.log"))
+        script.write_text(job_script(part, opts, request, base / f"{part}.log"))
         jobs[part] = submit(script, cwd=base)
     docs = {}
     for part, job in jobs.items():
