@@ -660,8 +660,8 @@ def crafted(v: Victim) -> dict[str, tuple[str, dict[str, bytes], str]]:
                                 "secret.txt /s\n", data, "t.def:3: "),
         "files-not-uploaded": ("Bootstrap: scratch\n%files\n    secret.txt /s\n", data,
                                "t.def:3: "),
-        "upload-path-absolute": ("Bootstrap: scratch\n", {str(sec): b"x"}, "paths: "),
-        "upload-path-dotdot": ("Bootstrap: scratch\n", {"../../x": b"x"}, "paths: "),
+        "upload-path-absolute": ("Bootstrap: scratch\n", {str(sec): b"x"}, "paths "),
+        "upload-path-dotdot": ("Bootstrap: scratch\n", {"../../x": b"x"}, "paths "),
     }
     return cases
 
@@ -716,10 +716,10 @@ def test_create_from_victims_container_name(service: Service, attacker: User,
                                             victim_data: Victim, base: str) -> None:
     """``u2cb create -b NAME`` resolves NAME only among the attacker's own containers."""
     err = one_line_error(service.u2cb(attacker, "create", "-n", "stolen", "-b", base))
-    assert "no container of yours" in err or "localimage must name" in err, err
+    assert "container of yours" in err, err
     r = httpx.post(f"{service.url}/api/v1/containers", json={"name": "stolen2", "base": base},
                    headers=munge_headers(service, attacker), timeout=60)
-    assert r.status_code == 422, r.text
+    assert r.status_code == 404 and "container of yours" in r.json()["detail"], r.text
     assert_refused_and_serving(service, attacker, victim_data, r.status_code,
                                r.json()["detail"], "stolen2")
 

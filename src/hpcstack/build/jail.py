@@ -509,7 +509,7 @@ def enter(spec: JailSpec) -> None:
     pivot(root)
     if not spec.rootfs:
         set_read_only("/", True, recursive=False)  # the skeleton itself stays as built
-        lock_mounts()
+    lock_mounts()
     os.chdir(spec.cwd)
 
 
