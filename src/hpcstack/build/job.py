@@ -87,10 +87,10 @@ def write_request(request: BuildRequest, path: Path) -> Path:
     return path
 
 
-def read_result(request: BuildRequest) -> BuildResult | None:
-    """The job's result, or None when it wrote none (killed before the end)."""
+def read_result(path: str | Path) -> BuildResult | None:
+    """The job's result (``request.result``), or None when it wrote none (killed first)."""
     try:
-        return BuildResult.model_validate_json(Path(request.result).read_text())
+        return BuildResult.model_validate_json(Path(path).read_text())
     except (OSError, ValueError):
         return None
 

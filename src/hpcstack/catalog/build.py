@@ -180,7 +180,7 @@ def _slurm(todo: list[Step], out: Path, run_test: bool, state: dict[str, dict],
         say(f"submitted {step.tag} as job {jobs[step.tag]}")
     for step in todo:
         wait(jobs[step.tag], timeout=24 * 3600)
-        result = read_result(requests[step.tag])
+        result = read_result(requests[step.tag].result)
         if result is None or result.error is not None:
             why = result.error.exception() if result and result.error else "no result"
             raise UserError(f"{step.tag}: build job {jobs[step.tag]} failed: {why} "

@@ -648,7 +648,7 @@ def pack_sandbox(svc: Service, row: db.ContainerRow, p: store.Paths) -> None:
                        capture_output=True, timeout=svc.settings.build_time_limit, check=False)
     finally:
         store.remove(p.tmp)
-    result = read_result(request)
+    result = read_result(request.result)
     if result is None or result.error is not None or not result.sha256:
         why = str(result.error.exception()) if result and result.error else "packing failed"
         raise ServiceError(409, f"{row.name}: cannot pack the sandbox: {why}")

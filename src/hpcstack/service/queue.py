@@ -259,10 +259,7 @@ class Scheduler:
         if stopped is not None:
             self._record(key, *stopped)
             return
-        try:
-            result = read_result(BuildRequest.model_validate_json(paths.request.read_text()))
-        except (OSError, ValueError):
-            result = None
+        result = read_result(paths.result)
         if status == 0 and result is not None and result.ok:
             self._succeed(key, paths, result)
             return
