@@ -21,8 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hpcstack.build import layout
+from hpcstack.build.jail import HOST_DEVICES, in_root, set_read_only
 from hpcstack.build.jail import SAFE_PATH as BUILD_PATH
-from hpcstack.build.jail import in_root, set_read_only
 from hpcstack.build.pack import mksquashfs_flags
 from hpcstack.build.plan import Plan, PlanError, Source
 from hpcstack.deffile import Definition, Script, Stage
@@ -30,7 +30,6 @@ from hpcstack.deffile.model import DefFileError
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size
 
-HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 ENV_FILE = "/.singularity.d/env/91-environment.sh"
 LABELS_FILE = "/.build.labels"
 

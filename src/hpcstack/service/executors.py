@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -120,8 +121,6 @@ class SlurmExecutor:
                                      keep_trailing_newline=True)
 
     def script(self, job: Job) -> str:
-        import shlex
-
         return self.templates.get_template("slurm-build.sh.j2").render(
             job=job, argv=shlex.join(job.argv))
 
