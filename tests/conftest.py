@@ -24,6 +24,7 @@ import pytest
 TEST_USER = os.environ.get("HPCSTACK_TEST_USER", "hpctest")
 REPO = Path(__file__).resolve().parent.parent
 HPCSTACK_PREFIX = Path(os.environ.get("HPCSTACK_PREFIX", "/opt/hpcstack"))
+USER_PATH = f"{HPCSTACK_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class User:
             "HOME": str(self.home),
             "USER": self.name,
             "LOGNAME": self.name,
-            "PATH": f"{HPCSTACK_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "PATH": USER_PATH,
             "LANG": "C.UTF-8",
             "TMPDIR": str(self.home / "tmp"),
         }
@@ -155,6 +156,43 @@ def cluster():  # type: ignore[no-untyped-def]
         yield running
     finally:
         running.stop()
+
+
+APPTAINER_SHIM = Path("/usr/local/libexec/hpcstack/apptainer-shim")
+
+
+@dataclass(frozen=True)
+class Apptainer:
+    """Apptainer 1.4 from Debian sid (``scripts/apptainer-sid.sh``), run as an ordinary user.
+
+    ``path`` is a PATH that puts the shim's folder first, so hpcstack itself
+    (``--engine apptainer``, ``runtime: apptainer`` wrappers under Slurm, bench)
+    finds ``apptainer`` there; :meth:`run` calls it directly.
+    """
+
+    shim: Path
+
+    @property
+    def path(self) -> str:
+        return f"{self.shim.parent}:{USER_PATH}"
+
+    def run(self, user: User, args: Sequence[str], **kw) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": self.path, **kw.pop("env", {})}
+        return user.run([str(self.shim), *args], env=env, **kw)
+
+
+@pytest.fixture(scope="session")
+def apptainer() -> Apptainer:
+    """The real Apptainer, as the test user sees it; ``/dev/fuse`` 0666 as distributions ship it."""
+    shim = APPTAINER_SHIM / "apptainer"
+    if os.geteuid() != 0:
+        pytest.skip("entering the Apptainer tree needs root (sudo rule made by apptainer-sid.sh)")
+    if not shim.exists():
+        subprocess.run([str(REPO / "scripts" / "apptainer-sid.sh")], check=True)
+    fuse = Path("/dev/fuse")
+    if fuse.exists():
+        fuse.chmod(0o666)
+    return Apptainer(shim)
 
 
 @pytest.fixture(scope="session")
