@@ -133,6 +133,8 @@ class Site(_Strict):
     """The whole site file."""
 
     root: str = Field("/opt/hpcstack/modules", description="where everything is written")
+    modulepath: str | None = Field(None, description="one folder for the Lua and Tcl "
+                                   "modulefiles (default: ROOT/lmod and ROOT/tcl)")
     module_system: Literal["lmod", "tcl", "both"] = "both"
     runtime: Literal["charliecloud", "apptainer", "singularity"] = "charliecloud"
     runtime_path: str | None = Field(None, description="the runtime's binary (default: PATH)")
@@ -157,9 +159,9 @@ class Site(_Strict):
             raise ValueError("a launcher is listed twice")
         return value
 
-    @field_validator("root", "home_root")
+    @field_validator("root", "home_root", "modulepath")
     @classmethod
-    def _absolute(cls, value: str) -> str:
+    def _absolute(cls, value: str | None) -> str | None:
         return value  # made absolute against the site file by load_site
 
     def enabled(self) -> list[App]:
@@ -185,6 +187,12 @@ class Site(_Strict):
                 defaults[app.name] = app.module
 
 
+class AppList(_Strict):
+    """A file that lists apps only: a user's own modules (``u2cb module``)."""
+
+    apps: list[App] = []
+
+
 def parse_site(text: str, where: str = "site file", base: Path | None = None) -> Site:
     """Parse and validate a site file; relative paths are taken from ``base``."""
     site = yamlfile.parse(text, Site, where, empty_ok=True)
@@ -201,7 +209,9 @@ def resolve_paths(site: Site, base: Path) -> Site:
         return str((base / path).resolve()) if not path.startswith("/") else path
 
     apps = [a.model_copy(update={"image": absolute(a.image)}) for a in site.apps]
-    return site.model_copy(update={"root": absolute(site.root), "apps": apps})
+    modulepath = absolute(site.modulepath) if site.modulepath else None
+    return site.model_copy(update={"root": absolute(site.root), "modulepath": modulepath,
+                                   "apps": apps})
 
 
 def load_site(path: Path) -> Site:

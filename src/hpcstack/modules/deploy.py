@@ -150,7 +150,7 @@ def deploy(site: Site, only: list[str] | None = None,
     started = time.perf_counter()
     report = Report()
     say = warn or (lambda msg: log.warning("%s", msg))
-    layout = Layout(site.root)
+    layout = Layout.of(site)
     selected = [a for a in site.apps if not only or a.name in only or a.module in only]
     if only:
         unknown = [n for n in only if not any(n in (a.name, a.module) for a in site.apps)]
@@ -181,8 +181,9 @@ def deploy(site: Site, only: list[str] | None = None,
         f = facts[app.image]
         commands = render.discover(app, site, f)
         if not commands:
-            raise UserError(f"{app.module}: no commands found in {app.image} (list them under "
-                            "commands, or set discover globs)")
+            raise UserError(f"{app.module}: no commands found in {app.image} (name them: "
+                            "`commands:` or `discover:` globs in a site file, "
+                            "`--commands` for u2cb module)")
         for cmd in render.shadowed(commands, site, host):
             report.warnings.append(f"{app.module}: command {cmd!r} shadows the host's {cmd} "
                                    "while the module is loaded")
@@ -298,7 +299,7 @@ def _collect_images(layout: Layout, state: dict[str, Deployed]) -> None:
 
 def remove(site: Site, names: list[str]) -> list[str]:
     """Remove deployed modules (``NAME`` or ``NAME/VERSION``); the removed modules."""
-    layout = Layout(site.root)
+    layout = Layout.of(site)
     state = read_state(layout)
     gone = [k for k, d in state.items() if d.name in names or k in names]
     missing = [n for n in names if not any(n in (d.name, d.module) for d in state.values())]
@@ -316,7 +317,7 @@ def remove(site: Site, names: list[str]) -> list[str]:
 
 def listing(site: Site) -> list[dict[str, object]]:
     """Every app of the site file with what is deployed for it."""
-    state = read_state(Layout(site.root))
+    state = read_state(Layout.of(site))
     rows: list[dict[str, object]] = []
     for app in site.apps:
         d = state.get(app.module)
@@ -415,7 +416,7 @@ class Problem:
 
 def check(site: Site, load: bool = True) -> list[Problem]:
     """Every modulefile loads, every wrapper and image is present, checksums match."""
-    layout = Layout(site.root)
+    layout = Layout.of(site)
     state = read_state(layout)
     problems: list[Problem] = []
     for app in site.enabled():
