@@ -13,9 +13,11 @@ medians per call:
    mount namespace, pivot_root) is not Apptainer's cost: ``apptainer version``
    through the shim is timed too and taken off, which also takes off Apptainer's
    own process start, so the ratio printed is, if anything, unfavourable to us;
-2. ``hpcstack version`` and ``u2cb --help`` (target: <= 60 ms), against
-   ``python -c pass`` from the same interpreter;
-3. ``u2cb list`` against ``--service`` when given (target: <= 60 ms);
+2. ``hpcstack version`` (target: <= 60 ms) and ``u2cb --help`` (the full CLI's
+   start), against ``python -c pass`` from the same interpreter;
+3. ``u2cb list`` into a pipe against a local service (target: <= 60 ms): ``--service
+   URL``, or, as root, one started here (the system ``munged`` with its key, and
+   ``hpcstack serve`` as the bench user on a scratch data directory);
 4. the import-time profile of each entry point (``python -X importtime``): the
    ten modules that cost most, cumulative.
 
@@ -84,6 +86,45 @@ def main() -> None:
     parser.add_argument("--service", help="a running U2CB service URL for `u2cb list`")
     args = parser.parse_args()
     env = user_env()
+    service = None
+    if not args.service and os.geteuid() == 0:
+        service, args.service = start_service(env)
+    try:
+        measure(args, env)
+    finally:
+        if service:
+            service.terminate()
+            service.wait(timeout=30)
+
+
+def start_service(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """munged (the system's, started if it is not running) and a scratch U2CB service."""
+    import socket
+    import tempfile
+    import urllib.request
+
+    if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:
+        subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = Path(tempfile.mkdtemp(prefix="u2cb-bench-", dir=env["HOME"]))
+    subprocess.run(["chown", env["USER"], str(data)], check=True)
+    proc = subprocess.Popen(as_user([str(PREFIX / "hpcstack"), "serve", "--port", str(port),
+                                     "--data-dir", str(data / "d"), "--log-level", "warning"],
+                                    env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            urllib.request.urlopen(f"{url}/api/v1/health", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("the U2CB service did not start")
+
+
+def measure(args: argparse.Namespace, env: dict[str, str]) -> None:
     image = str(args.image.resolve())
     python = str(PREFIX / "python")
     commands = {
@@ -112,14 +153,15 @@ def main() -> None:
         print(f"  {'apptainer exec - version':28s} {bare:7.1f} ms   (the shim's hop taken off)")
         print(f"ratio hpcstack exec / apptainer exec: {ms['hpcstack exec'] / bare:.2f}"
               "   (target <= 0.50)")
-    for name in ("hpcstack version", "u2cb --help", "u2cb list"):
+    for name in ("hpcstack version", "u2cb list"):
         if name in ms:
             print(f"{name}: {ms[name]:.1f} ms (target <= 60 ms; python itself "
                   f"{ms['python -c pass']:.1f} ms)")
     print("\nimport-time profile (cumulative ms, top-level modules):")
     for label, code in (("hpcstack exec", "import hpcstack.cli.launch, hpcstack.runtime"),
                         ("hpcstack other verbs", "import hpcstack.cli.main"),
-                        ("u2cb", "import hpcstack.client.main")):
+                        ("u2cb list", "import hpcstack.client.quick"),
+                        ("u2cb other verbs", "import hpcstack.client.main")):
         rows = import_profile(code, env)
         print(f"  {label}: " + ", ".join(f"{mod} {us / 1000:.1f}" for us, mod in rows))
 

@@ -299,6 +299,26 @@ def test_create_list_and_status(service: Service, user: User, box: str) -> None:
     assert "u2cb: build of box started" in log
 
 
+def test_quick_list_answers_like_the_full_cli(service: Service, user: User, box: str) -> None:
+    """`u2cb list` into a pipe skips Typer, Rich and httpx (hpcstack.client.quick); what it
+    prints, and its errors, are the full CLI's."""
+    def full(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        code = ("import sys; from hpcstack.client.main import run_verb; "
+                f"sys.exit(run_verb({list(args)!r}))")
+        return user.run([str(HPCSTACK_PREFIX / "bin" / "python"), "-c", code],
+                        env={**service.client_env(), **env})
+
+    for args in (["list"], ["list", "img"], ["list", "--json"]):
+        fast = service.u2cb(user, *args, check=True).stdout
+        assert fast == full(*args).stdout and box in fast, args
+    down = ["--server", "http://127.0.0.1:9", "list"]
+    assert one_line_error(service.u2cb(user, *down)).startswith(
+        "cannot reach the build service at http://127.0.0.1:9")
+    assert one_line_error(full(*down)).startswith("cannot reach the build service at")
+    forged = user.run([U2CB, "list"], env={**service.client_env(), "U2CB_TOKEN": "forged"})
+    assert one_line_error(forged) == one_line_error(full("list", U2CB_TOKEN="forged"))
+
+
 def test_connect_root_shell_apt_and_exit_status(service: Service, user: User,
                                                 box: str) -> None:
     """whoami -> root, apt-get install -y hello, Ctrl-C, resize, `exit 3` -> client exits 3."""

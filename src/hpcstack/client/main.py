@@ -18,7 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hpcstack.client.api import Client, load_config
+from hpcstack.client import quick
+from hpcstack.client.api import Client
+from hpcstack.client.config import load_config
 from hpcstack.entry import run_app
 from hpcstack.errors import UserError
 from hpcstack.service.models import name_problem
@@ -200,17 +202,6 @@ def defcreate(name: NameOpt, deffile: Annotated[Path, typer.Option(
 # --- looking ---------------------------------------------------------------------------
 
 
-def human(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
 @app.command("list")
 def list_(what: Annotated[str | None, typer.Argument(help="def | img")] = None,
           as_json: JsonOpt = False,
@@ -223,11 +214,14 @@ def list_(what: Annotated[str | None, typer.Argument(help="def | img")] = None,
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("name", "kind", "state", "size", "source", "created",
-                  *(["owner"] if all_users else []))
-    for r in rows:
-        table.add_row(r["name"], r["kind"], r["state"], human(r.get("size")), r["source"],
-                      r["created"][:19].replace("T", " "), *([r["owner"]] if all_users else []))
+    header = quick.COLUMNS + (("owner",) if all_users else ())
+    cells = quick.table_rows(rows, all_users)
+    if not out.is_terminal:
+        sys.stdout.write(quick.plain_table(header, cells))
+        return
+    table = Table(*header)
+    for row in cells:
+        table.add_row(*row)
     out.print(table)
 
 
@@ -304,7 +298,8 @@ def download(name: NameOpt, output: Annotated[Path | None, typer.Option(
     from hpcstack.client.transfer import download as fetch
 
     art = fetch(client(), valid(name), output or Path(f"{name}.sif"), quiet)
-    err.print(f"{name}: saved {art['path']} ({human(art['size'])}, sha256 {art['sha256'][:12]}…)")
+    err.print(f"{name}: saved {art['path']} ({quick.human(art['size'])}, "
+              f"sha256 {art['sha256'][:12]}…)")
 
 
 # --- your images as modules -------------------------------------------------------------
@@ -431,7 +426,3 @@ def run_verb(argv: list[str]) -> int:
     """Run one u2cb command line in this process; its exit status (for the prompt)."""
     return run_app(app, "u2cb", argv)
 
-
-def main() -> None:
-    """Entry point of ``u2cb``."""
-    sys.exit(run_app(app, "u2cb"))
