@@ -100,6 +100,7 @@ def test_sif_layout(hello: Path) -> None:
         assert fh.read(31) == b"#!/usr/bin/env run-singularity\n"
     sif = read_sif(hello)
     assert sif.deffile() == HELLO_DEF.read_text()
+    assert {d.group for d in sif.descriptors} == {1}  # every object in Apptainer's group 1
 
 
 def test_root_owned_files_stay_uid_0(hello: Path) -> None:
