@@ -23,6 +23,7 @@ from hpcstack.cli.bench import bench
 from hpcstack.cli.catalog import app as catalog_app
 from hpcstack.cli.modules import app as modules_app
 from hpcstack.cli.serve import serve
+from hpcstack.cli.sign import sign, verify
 from hpcstack.cli.studio import app as studio_app
 from hpcstack.errors import UserError
 
@@ -38,6 +39,8 @@ app.add_typer(modules_app, name="modules")
 app.add_typer(catalog_app, name="catalog")
 app.command("bench")(bench)
 app.add_typer(studio_app, name="studio")
+app.command("sign")(sign)
+app.command("verify")(verify)
 
 out = Console()
 err = Console(stderr=True)
