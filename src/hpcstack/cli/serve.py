@@ -49,6 +49,11 @@ def serve(
     instance: Annotated[str | None, typer.Option(
         help="This instance's name among several on one database (default HOST:PORT).")
     ] = None,
+    sign_key: Annotated[Path | None, typer.Option(
+        help="The site's OpenPGP secret key: every image built is signed with it, as "
+        "`apptainer sign` does (passphrase from HPCSTACK_SIGN_PASSPHRASE).")] = None,
+    sign_key_fingerprint: Annotated[str | None, typer.Option(
+        help="Which key of --sign-key, when the file holds several.")] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Run the U2CB build service (REST API under /api/v1, OpenAPI at /api/v1/docs)."""
@@ -70,7 +75,9 @@ def serve(
             max_attempts=max_attempts, docker_cert_dir=docker_cert_dir,
             build_network=build_network, build_loopback_ports=build_loopback_port or [],
             build_log_bytes=build_log_limit, session_idle_limit=session_idle_limit,
-            session_time_limit=session_time_limit, instance=instance or default_instance(port))
+            session_time_limit=session_time_limit, instance=instance or default_instance(port),
+            sign_key=sign_key.resolve() if sign_key else None,
+            sign_key_fingerprint=sign_key_fingerprint)
     except ValidationError as err:  # e.g. an --instance name with a space in it
         first = err.errors()[0]
         raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None

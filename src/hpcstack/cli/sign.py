@@ -31,8 +31,11 @@ def sign(
     A protected key's passphrase comes from HPCSTACK_SIGN_PASSPHRASE, or is asked.
     """
     from hpcstack.signing import sign_image
-    from hpcstack.signing.pgp import apptainer_keys_dir, load_signing_key, \
-        passphrase_from_env_or_tty
+    from hpcstack.signing.pgp import (
+        apptainer_keys_dir,
+        load_signing_key,
+        passphrase_from_env_or_tty,
+    )
 
     secret = load_signing_key(key or _default(apptainer_keys_dir() / "pgp-secret", "--key"),
                               fingerprint, passphrase_from_env_or_tty)

@@ -7,6 +7,8 @@ Example (``examples/modules/site.yaml``)::
     runtime: charliecloud                # charliecloud | apptainer | singularity
     binds: [/lustre]                     # bound into every container
     launchers: [pmi2, pmix, mpirun]      # what MPI job scripts may use (modules check --mpi)
+    require_signature: true              # deploy only SIF images signed by a trusted key
+    trusted_keys: [keys/site.pub]        # public key files or directories (hpcstack verify)
     apps:
       - name: gromacs
         version: 2022-cpu
@@ -147,6 +149,12 @@ class Site(_Strict):
     shadow_commands: list[str] = Field(default_factory=list, description="extra names to warn on")
     launchers: list[Launcher] = Field(
         default_factory=list, description="MPI launchers job scripts may use: pmi2 pmix mpirun")
+    require_signature: bool = Field(
+        False, description="deploy only SIF images whose every object group is signed by one "
+        "of trusted_keys (as hpcstack verify and apptainer verify check them)")
+    trusted_keys: list[str] = Field(
+        default_factory=list, description="OpenPGP public key files, keyrings or directories "
+        "of them (relative to this file)")
     apps: list[App] = []
 
     _binds = field_validator("binds")(classmethod(lambda cls, v: _check_binds(v)))
@@ -197,21 +205,25 @@ def parse_site(text: str, where: str = "site file", base: Path | None = None) ->
     """Parse and validate a site file; relative paths are taken from ``base``."""
     site = yamlfile.parse(text, Site, where, empty_ok=True)
     site.check_names(where)
+    if site.require_signature and not site.trusted_keys:
+        raise UserError(f"{where}: trusted_keys: list the public keys that require_signature "
+                        "trusts")
     if base is not None:
         site = resolve_paths(site, base)
     return site
 
 
 def resolve_paths(site: Site, base: Path) -> Site:
-    """``root`` and images made absolute against ``base`` (the site file's directory)."""
+    """``root``, images and keys made absolute against ``base`` (the site file's directory)."""
 
     def absolute(path: str) -> str:
         return str((base / path).resolve()) if not path.startswith("/") else path
 
     apps = [a.model_copy(update={"image": absolute(a.image)}) for a in site.apps]
     modulepath = absolute(site.modulepath) if site.modulepath else None
+    keys = [absolute(k) for k in site.trusted_keys]
     return site.model_copy(update={"root": absolute(site.root), "modulepath": modulepath,
-                                   "apps": apps})
+                                   "apps": apps, "trusted_keys": keys})
 
 
 def load_site(path: Path) -> Site:

@@ -32,6 +32,7 @@ from hpcstack.modules import render
 from hpcstack.modules.config import HELLO_COMMAND, App, Site
 from hpcstack.modules.image import inspect, tree_digest
 from hpcstack.modules.render import ImageFacts, Layout, Module
+from hpcstack.runtime.sif import is_sif
 
 log = logging.getLogger("hpcstack.modules")
 
@@ -144,6 +145,26 @@ def _prepare_image(facts: ImageFacts, target: Path, site: Site, points: set[str]
 # --- deploy -----------------------------------------------------------------------------
 
 
+def check_signatures(site: Site, apps: list[App]) -> None:
+    """``require_signature``: each app's image is a SIF signed by a trusted key, unchanged."""
+    from hpcstack.signing import verify_image
+    from hpcstack.signing.pgp import load_keyring
+
+    keyring = load_keyring(Path(k) for k in site.trusted_keys)
+    checked: set[str] = set()
+    for app in apps:
+        if app.image in checked:
+            continue
+        if not is_sif(app.image):
+            raise UserError(f"{app.module}: image {app.image} is not a SIF image, and "
+                            "require_signature is set; nothing was deployed")
+        try:
+            verify_image(Path(app.image), keyring)
+        except UserError as err:
+            raise UserError(f"{app.module}: {err}; nothing was deployed") from None
+        checked.add(app.image)
+
+
 def deploy(site: Site, only: list[str] | None = None,
            warn: Callable[[str], None] | None = None) -> Report:
     """Deploy every enabled app (or those named in ``only``); see the module docstring."""
@@ -162,6 +183,8 @@ def deploy(site: Site, only: list[str] | None = None,
     for app in wanted:
         if not Path(app.image).exists():
             raise UserError(f"{app.module}: image {app.image} not found; nothing was deployed")
+    if site.require_signature:
+        check_signatures(site, wanted)
     rt_path = runtime_path(site) if wanted else ""
     facts: dict[str, ImageFacts] = {}
     sums: dict[tuple[str, int, int], str] = {}

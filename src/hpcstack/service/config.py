@@ -46,6 +46,8 @@ class Settings(BaseModel):
     build_log_bytes: int = 16 * 2**20  # a build's log is cut here, with a marker
     session_idle_limit: float = 1800.0  # a connect session without input this long ends
     session_time_limit: float = 8 * 3600.0  # and any session after this long
+    sign_key: Path | None = None  # the site's OpenPGP secret key: each built image is signed
+    sign_key_fingerprint: str | None = None  # which key, when the file holds several
 
     @property
     def db_url(self) -> str:
