@@ -186,7 +186,8 @@ def _secret_keys(path: Path) -> list[tuple[pysequoia.Tsk, pysequoia.Cert]]:
     """Each secret key in a key file or keyring, split at every primary key packet."""
     data = _read(path)
     try:
-        packets = list(pysequoia.packet.PacketPile.from_bytes(data))
+        packets = [p for block in _blocks(data)
+                   for p in pysequoia.packet.PacketPile.from_bytes(block)]
         runs: list[list] = []
         for p in packets:
             if p.tag in (Tag.SecretKey, Tag.PublicKey) or not runs:
@@ -197,8 +198,16 @@ def _secret_keys(path: Path) -> list[tuple[pysequoia.Tsk, pysequoia.Cert]]:
     except Exception as err:
         raise UserError(f"{path}: not an OpenPGP secret key file ({_first_line(err)})") from None
     if not keys:
-        raise UserError(f"{path}: holds no secret key")
+        raise UserError(f"{path}: holds no OpenPGP secret key")
     return keys
+
+
+def _blocks(data: bytes) -> list[bytes]:
+    """Each armored block of a text file (a file may hold several keys), or the binary."""
+    begin = b"-----BEGIN PGP "
+    if not data.lstrip().startswith(begin):
+        return [data]
+    return [begin + part for part in data.split(begin)[1:]]
 
 
 def _read(path: Path) -> bytes:
