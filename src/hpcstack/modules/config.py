@@ -7,8 +7,6 @@ Example (``examples/modules/site.yaml``)::
     runtime: charliecloud                # charliecloud | apptainer | singularity
     binds: [/lustre]                     # bound into every container
     launchers: [pmi2, pmix, mpirun]      # what MPI job scripts may use (modules check --mpi)
-    require_signature: true              # deploy only SIF images signed by a trusted key
-    trusted_keys: [keys/site.pub]        # public key files or directories (hpcstack verify)
     apps:
       - name: gromacs
         version: 2022-cpu
