@@ -23,6 +23,7 @@ from hpcstack.errors import UserError
 from hpcstack.runtime.sif import read_sif
 from hpcstack.signing import integrity, sign_image, verify_image
 from hpcstack.signing.pgp import load_keyring, load_signing_key
+from test_build import registry  # noqa: F401  (the fixture)
 from test_service import munge  # noqa: F401  (the fixture)
 
 SCRATCH_DEF = """Bootstrap: scratch
@@ -318,9 +319,10 @@ def test_deploy_refuses_unsigned_and_tampered_images(user: User, cli_work: Path)
 
 
 @pytest.fixture(scope="module")
-def signing_service(munge):  # noqa: F811
-    """A service with a passphrase-protected site key only its own account can read."""
-    from test_service import Service, data_dir
+def signing_service(munge, registry):  # noqa: F811
+    """A service with a site key only its own account can read (and a passphrase in its
+    environment, which builds must not inherit)."""
+    from test_service import Service, data_dir, registry_args
 
     account = _ensure_user("u2cb")
     keys = account.home / "site-keys"
@@ -328,13 +330,14 @@ def signing_service(munge):  # noqa: F811
     account.run(["mkdir", "-m", "700", str(keys)], check=True)
     tsk = pysequoia.Tsk.generate("U2CB site <u2cb@example.org>")
     secret = keys / "site.sec"
-    secret.write_text(str(tsk))  # unprotected here: the passphrase path is tested below
+    secret.write_text(str(tsk))
     os.chown(secret, account.uid, account.gid)
     secret.chmod(0o600)
     public = Path(account.home.parent / "u2cb-site.pub")
     public.write_text(str(tsk.extract_certificate()))
     public.chmod(0o644)
     svc = Service(account, munge, data_dir(account, "signing"), "--sign-key", str(secret),
+                  *registry_args(registry),
                   env={"HPCSTACK_SIGN_PASSPHRASE": "never-seen-by-builds"}).start()
     yield svc, secret, public, tsk.extract_certificate().fingerprint.upper()
     svc.stop()
@@ -364,6 +367,19 @@ def test_u2cb_signs_each_build_with_the_site_key(signing_service, user: User) ->
         "key.txt", "build-env.txt"], capture_output=True, text=True, check=True).stdout
     assert listing.startswith("hidden\n")  # the build never sees the key file
     assert "never-seen-by-builds" not in listing and "HPCSTACK_SIGN" not in listing
+
+
+def test_u2cb_signs_a_sandbox_packed_for_download(signing_service, user: User,
+                                                  registry) -> None:  # noqa: F811
+    svc, _secret, public, fp = signing_service
+    proc = svc.u2cb(user, "create", "-n", "sbox", "-b",
+                    f"docker://{registry['host']}/debian:bookworm", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    work = user.workdir("signing-u2cb-sandbox")
+    svc.u2cb(user, "download", "-n", "sbox", cwd=work, check=True, timeout=600)
+    out = user.hpcstack("verify", "--keyring", str(public), "--json", "sbox.sif", cwd=work,
+                        check=True).stdout
+    assert json.loads(out)["groups"][0]["fingerprint"] == fp
 
 
 def test_serve_refuses_a_bad_site_key(munge) -> None:  # noqa: F811
