@@ -39,6 +39,8 @@ _HEADER = struct.Struct("<32s10s3s3s16s8q")
 _DESCRIPTOR = struct.Struct("<iBIIIqqqqqqq128s384s")
 _PARTITION = struct.Struct("<ii3s")
 _GROUP_MASK = 0xF0000000
+#: The record layouts and the group flag, for code that writes SIF files (``hpcstack.signing``).
+HEADER, DESCRIPTOR, GROUP_FLAG = _HEADER, _DESCRIPTOR, _GROUP_MASK
 _MAX_DESCRIPTORS = 1 << 16
 
 

@@ -25,11 +25,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hpcstack.runtime.sif import DESCRIPTOR as _RECORD
+from hpcstack.runtime.sif import GROUP_FLAG as _GROUP_FLAG
 from hpcstack.runtime.sif import DataType, Descriptor, SifImage
 
-_RECORD = struct.Struct("<iBIIIqqqqqqq128s384s")  # a descriptor record, as in runtime.sif
 _STABLE = struct.Struct("<iBIIqqqq")  # the integrity-protected integer fields
-_GROUP_FLAG = 0xF0000000
 _CHUNK = 1 << 20
 
 #: Digest names in the metadata, and the SIF descriptor's hash type codes.
@@ -158,8 +158,9 @@ def signatures(img: SifImage) -> list[SignatureObject]:
     for d in img.descriptors:
         if d.datatype != DataType.SIGNATURE:
             continue
-        link = _RECORD.unpack(d.raw)[4]
-        hash_type, entity = struct.unpack_from("<i20s", _RECORD.unpack(d.raw)[13])
+        fields = _RECORD.unpack(d.raw)
+        link, extra = fields[4], fields[13]
+        hash_type, entity = struct.unpack_from("<i20s", extra)
         found.append(SignatureObject(
             descriptor=d, group=(link & ~_GROUP_FLAG) if link & _GROUP_FLAG else 0,
             hash_type=hash_type,

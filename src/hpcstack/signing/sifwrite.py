@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from hpcstack.errors import UserError
+from hpcstack.runtime.sif import DESCRIPTOR as _RECORD
+from hpcstack.runtime.sif import GROUP_FLAG as _GROUP_FLAG
+from hpcstack.runtime.sif import HEADER as _HEADER
 from hpcstack.runtime.sif import DataType, read_sif
 
-_HEADER = struct.Struct("<32s10s3s3s16s8q")
-_RECORD = struct.Struct("<iBIIIqqqqqqq128s384s")
-_GROUP_FLAG = 0xF0000000
 _NO_GROUP = _GROUP_FLAG  # sylabs/sif's "no group": the flag with group 0
 
 
