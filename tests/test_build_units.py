@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from hpcstack import __version__
 from hpcstack.build import agents, engines, fakeroot, layout, pack
 from hpcstack.build.builder import BuildOptions, definition_text
 from hpcstack.build.cache import BuildCache, key_of
-from hpcstack.deffile import parse
+from hpcstack.deffile import Script, parse
 from hpcstack.errors import UserError
 
 STAGE = parse(
@@ -43,6 +47,86 @@ def test_base_environment_has_actions_and_links() -> None:
     assert ".singularity.d/env/10-docker2singularity.sh" not in items
 
 
+def test_base_environment_is_apptainers() -> None:
+    """Issue 12 point 3: libs/, default runscript and startscript, 94/95/99-runtimevars."""
+    items = {i.path: i for i in layout.base_environment()}
+    assert isinstance(items[".singularity.d/libs"], layout.Dir)
+    for name in ("94-appsbase.sh", "95-apps.sh", "99-base.sh", "99-runtimevars.sh"):
+        assert items[f".singularity.d/env/{name}"].mode == 0o755, name
+    assert items[".singularity.d/env/94-appsbase.sh"].content == ""  # no SCIF apps
+    for name in ("runscript", "startscript"):  # a base image's own are kept
+        default = items[f".singularity.d/{name}"]
+        assert isinstance(default, layout.Default) and default.content.startswith("#!/bin/sh\n")
+
+
+def test_hosts_and_resolver_are_emptied_for_a_fresh_root() -> None:
+    """Issue 12 point 5: no build host resolver in the image; a base image's stays."""
+    fresh = {i.path: i for i in layout.base_environment()}
+    for name in ("etc/hosts", "etc/resolv.conf"):
+        assert isinstance(fresh[name], layout.File)
+        assert (fresh[name].content, fresh[name].mode) == ("", 0o644)
+    based = {i.path: i for i in layout.base_environment(fresh=False)}
+    assert isinstance(based["etc/resolv.conf"], layout.Default)
+
+
+def template(*parts: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("hpcstack.build").joinpath("templates", *parts)))
+
+
+def sh(script: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["/bin/sh", *args, "-c", script], env=env, capture_output=True,
+                          text=True, check=False)
+
+
+def test_99_base_keeps_the_prompt_and_survives_set_u() -> None:
+    """Issue 12 point 6: run by the real /bin/sh with ``set -u``, with and without values."""
+    script = f'. {template("env", "99-base.sh")}; printf "%s|%s" "$LD_LIBRARY_PATH" "$PS1"'
+    bare = sh("unset PS1; " + script, {"PATH": "/usr/bin:/bin"}, "-u")  # dash presets it
+    assert (bare.returncode, bare.stdout) == (0, "/.singularity.d/libs|Apptainer> "), bare.stderr
+    mine = sh(script, {"PATH": "/usr/bin:/bin", "PS1": "mine$ ", "LD_LIBRARY_PATH": "/x"}, "-u")
+    assert mine.stdout == "/x:/.singularity.d/libs|mine$ "
+
+
+def test_99_runtimevars_applies_the_callers_path() -> None:
+    """Apptainer passes --env PATH changes as SING_USER_DEFINED_*; the script applies them
+    after the image's environment and unsets them."""
+    script = (f'. {template("env", "99-runtimevars.sh")}; '
+              'echo "$PATH|${SING_USER_DEFINED_PATH-unset}"')
+    base = {"PATH": "/usr/bin:/bin"}
+    out = sh(script, {**base, "SING_USER_DEFINED_PREPEND_PATH": "/pre",
+                      "SING_USER_DEFINED_APPEND_PATH": "/post"}, "-u")
+    assert out.stdout.strip() == "/pre:/usr/bin:/bin:/post|unset", out.stderr
+    out = sh(script, {**base, "SING_USER_DEFINED_PATH": "/only:/usr/bin:/bin"}, "-u")
+    assert out.stdout.strip() == "/only:/usr/bin:/bin|unset"
+    assert sh(script, base, "-u").stdout.strip() == "/usr/bin:/bin|unset"
+
+
+def test_95_apps_does_nothing_without_an_app() -> None:
+    out = sh(f'. {template("env", "95-apps.sh")}; echo "$PATH"', {"PATH": "/usr/bin:/bin"}, "-u")
+    assert (out.returncode, out.stdout.strip()) == (0, "/usr/bin:/bin"), out.stderr
+    out = sh(f'. {template("env", "95-apps.sh")}; echo unreached',
+             {"PATH": "/usr/bin:/bin", "SINGULARITY_APPNAME": "nosuchapp"})
+    assert out.returncode == 1 and "nosuchapp" in out.stdout
+
+
+@pytest.mark.skipif(Path("/.singularity.d").exists(), reason="the host itself is an image")
+def test_actions_without_runscript_or_test_behave_as_apptainers() -> None:
+    """Issue 12 point 8: the action scripts as the real /bin/sh runs them where there is no
+    /.singularity.d (this host): run starts /bin/sh, test passes, shell exports SHELL."""
+    env = {"PATH": "/usr/bin:/bin"}
+    run = subprocess.run(["/bin/sh", str(template("actions", "run")), "-c", 'echo "sh:$0"'],
+                         env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0 and run.stdout.splitlines()[-1].startswith("sh:"), run.stderr
+    test = subprocess.run(["/bin/sh", str(template("actions", "test"))], env=env,
+                          capture_output=True, text=True, check=False)
+    assert test.returncode == 0, test.stderr
+    shell = subprocess.run(["/bin/sh", str(template("actions", "shell")), "-c", 'echo "$SHELL"'],
+                           env=env, capture_output=True, text=True, check=False)
+    assert shell.stdout.strip() == ("/bin/bash" if Path("/bin/bash").exists() else "/bin/sh")
+
+
 def test_docker_env_is_quoted_and_path_is_set() -> None:
     items = {
         i.path: i
@@ -56,18 +140,80 @@ def test_docker_env_is_quoted_and_path_is_set() -> None:
 
 
 def test_final_files() -> None:
-    labels = layout.labels(
-        STAGE, arch="amd64", build_date="2026-01-01T00:00:00Z", extra={"Extra": "from post"}
+    labels, _ = layout.labels(
+        STAGE, arch="amd64", build_date="D", extra={"Extra": "from post"}
     )
     files = {f.path: f for f in layout.final_files(STAGE, deffile_text="DEF", label_map=labels)}
-    assert files[".singularity.d/runscript"].content.startswith("#!/bin/bash\n")
-    assert 'echo run "$@"' in files[".singularity.d/runscript"].content
+    assert files[".singularity.d/runscript"].content == '#!/bin/bash\n\n    echo run "$@"\n'
     assert 'export A="1 2"' in files[".singularity.d/env/90-environment.sh"].content
-    assert files[".singularity.d/runscript.help"].content == "Some help.\n"
+    assert files[".singularity.d/runscript.help"].content == "    Some help.\n"  # as Apptainer
     assert files[".singularity.d/Singularity"].content == "DEF"
     data = json.loads(files[".singularity.d/labels.json"].content)
     assert data["Author"] == "me" and data["Extra"] == "from post"
     assert data["org.label-schema.usage"] == "/.singularity.d/runscript.help"
+    assert list(data) == sorted(data)
+
+
+def test_labels_in_apptainers_order() -> None:
+    """Issue 12 point 2: base image's labels, then %post's, then the build's (which replace
+    both), then %labels, which only add; header keys in lower case."""
+    stage = parse("Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: http://m/debian\n"
+                  "%labels\n  Author me\n  Version 2\n", "x.def").final
+    labels, kept_back = layout.labels(
+        stage, arch="arm64", build_date="Monday_1_June_2026_5:3:8_UTC",
+        extra={"org.label-schema.build-arch": "from post", "Posted": "yes"},
+        existing={"Version": "1 (base)", "org.label-schema.build-date": "old"})
+    assert kept_back == ["Version"]
+    assert labels["Version"] == "1 (base)" and labels["Author"] == "me"
+    assert labels["Posted"] == "yes"
+    assert labels["org.label-schema.build-arch"] == "arm64"
+    assert labels["org.label-schema.build-date"] == "Monday_1_June_2026_5:3:8_UTC"
+    assert labels["org.label-schema.usage.singularity.deffile.bootstrap"] == "debootstrap"
+    assert labels["org.label-schema.usage.singularity.deffile.osversion"] == "bookworm"
+    assert labels["org.label-schema.usage.singularity.deffile.mirrorurl"] == "http://m/debian"
+    assert labels["org.label-schema.usage.hpcstack.version"] == __version__
+    assert "org.label-schema.usage" not in labels  # no %help
+
+
+def test_build_date_label_as_apptainer_writes_it() -> None:
+    when = datetime(2026, 11, 30, 5, 3, 8, tzinfo=UTC)
+    assert layout.build_date(when) == "Monday_30_November_2026_5:3:8_UTC"
+
+
+@pytest.mark.parametrize(("body", "args", "shebang", "rest"), [
+    ("echo hi", "", "#!/bin/sh", "echo hi\n"),
+    ("#!/bin/bash\n[[ -n x ]]", "", "#!/bin/bash", "[[ -n x ]]\n"),
+    ("  #!/usr/bin/env python3  \nprint(1)", "", "#!/usr/bin/env python3", "print(1)\n"),
+    ("echo hi", "-c /bin/bash", "#!/bin/bash", "echo hi\n"),
+])
+def test_a_shebang_line_is_the_interpreter(body: str, args: str, shebang: str,
+                                           rest: str) -> None:
+    """Issue 12 point 4: ``#!`` on the first line of %runscript/%test/%startscript."""
+    text = layout.script_file("x", Script(body, args)).content
+    assert text == f"{shebang}\n\n{rest}"
+
+
+def test_inspect_metadata_object() -> None:
+    """Issue 12 point 2: Apptainer's JSON object, attributes from the image's files."""
+    files = {
+        "labels.json": '{"b": "2", "a": "1"}',
+        "runscript": "#!/bin/sh\n\nexec x\n\n",
+        "Singularity": "Bootstrap: scratch\n",
+        "env/90-environment.sh": "#!/bin/sh\nexport A=<1>\n",
+        "env/91-environment.sh": "export B=2\n",
+        "test": "",
+    }
+    meta = layout.inspect_metadata(files)
+    assert meta == {"data": {"attributes": {
+        "environment": {"/.singularity.d/env/90-environment.sh": "#!/bin/sh\nexport A=<1>",
+                        "/.singularity.d/env/91-environment.sh": "export B=2"},
+        "labels": {"a": "1", "b": "2"},
+        "runscript": "#!/bin/sh\n\nexec x",
+        "deffile": "Bootstrap: scratch",
+    }}, "type": "container"}
+    text = layout.go_json(meta)
+    assert "\\u003c1\\u003e" in text and text.startswith("{\"data\":{\"attributes\":{")
+    assert json.loads(text) == meta
 
 
 def test_label_lines_from_post() -> None:
@@ -118,7 +264,8 @@ def test_sif_assembly_commands(tmp_path: Path) -> None:
     assert argvs[1][:6] == ["siftool", "add", "--groupid", "1", "--datatype", "1"]
     # Apptainer's sign/verify work group by group: every object joins group 1, as in its SIFs.
     assert all(a[a.index("--groupid") + 1] == "1" for a in argvs[1:])
-    assert "--filename" in argvs[2] and "labels.json" in argvs[2]
+    assert argvs[2][argvs[2].index("--filename") + 1] == "inspect-metadata.json"
+    assert argvs[2][argvs[2].index("--datatype") + 1] == "6"
     assert argvs[3][argvs[3].index("--partarch") + 1] == "4"
     assert argvs[3][argvs[3].index("--parttype") + 1] == "2"
 
@@ -226,9 +373,28 @@ def test_namespace_command_line() -> None:
 def test_mmdebstrap_writes_the_tree_in_place_as_fake_root() -> None:
     argv = agents.mmdebstrap_argv("bookworm", Path("/c/rootfs"), ["deb http://m bookworm main"],
                                   "amd64", ["hello", "gcc"], quiet=True)
-    assert argv[:4] == ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory"]
+    assert argv[:2] == ["mmdebstrap", "--mode=root"] and "--format=directory" in argv
     assert argv[-3:] == ["bookworm", "/c/rootfs", "deb http://m bookworm main"]
     assert "--include=hello,gcc" in argv and "--quiet" in argv
     # what is set up for the bootstrap only is taken down again before it is cached
-    assert '--customize-hook=rm "$1/etc/apt/apt.conf.d/99mmdebstrap"' in argv
+    assert ('--customize-hook=rm -f "$1/etc/apt/apt.conf.d/99mmdebstrap" '
+            '"$1/etc/resolv.conf"') in argv
     assert '--customize-hook=umount --lazy "$1/sys"' in argv
+
+
+def test_mmdebstrap_installs_what_apptainers_debootstrap_does() -> None:
+    """Issue 12 point 7: debootstrap's minbase less Apptainer's excludes, merged /usr by
+    symlinks (no usrmerge and perl).  Checked with apt's own pattern parser on this host:
+    the pattern selects packages and none of the excluded ones."""
+    argv = agents.mmdebstrap_argv("bookworm", Path("/r"), [], "amd64", [], quiet=False)
+    assert "--variant=apt" in argv
+    assert f"--include={agents.REQUIRED}" in argv
+    if agents.MERGED_USR_HOOK.is_dir():
+        assert f"--hook-dir={agents.MERGED_USR_HOOK}" in argv
+    if not Path("/usr/bin/apt-get").exists():
+        pytest.skip("needs apt-get")
+    sim = subprocess.run(["apt-get", "install", "--simulate", "--reinstall", agents.REQUIRED],
+                         capture_output=True, text=True, check=False)
+    assert sim.returncode == 0, sim.stderr
+    assert re.search(r"^Inst (dash|bash|coreutils) ", sim.stdout, re.M), sim.stdout[-500:]
+    assert not re.search(r"^Inst (e2fsprogs|udev|openssl|debconf-i18n) ", sim.stdout, re.M)

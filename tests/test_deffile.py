@@ -450,6 +450,7 @@ def test_files_from_must_name_an_earlier_stage() -> None:
 
 
 def test_labels() -> None:
+    """Split at the first space, as Apptainer's parser does: a tab does not split."""
     text = dedent(
         """
         Bootstrap: scratch
@@ -464,10 +465,11 @@ def test_labels() -> None:
     stage = parse(text).final
     assert stage.labels == (
         ("Author", "Someone Else"),
-        ("Tab", "separated value"),
+        ("Tab\tseparated", "value"),
         ("Flag", ""),
     )
     assert stage.label_map["Flag"] == ""
+    assert parse(render(parse(text))).final.labels == stage.labels
 
 
 def test_labels_merge_across_sections() -> None:

@@ -117,6 +117,17 @@ def read_host_sources(root: Path = Path("/etc/apt")) -> list[tuple[str, str]]:
     return [(f.name, f.read_text()) for f in files if f.is_file()]
 
 
+# debootstrap's minbase as Apptainer runs it: Priority: required and apt, less what
+# ``--exclude=openssl,udev,debconf-i18n,e2fsprogs`` leaves out.  mmdebstrap's own
+# minbase would add those back.
+EXCLUDED = ("openssl", "udev", "debconf-i18n", "e2fsprogs")
+REQUIRED = f'?and(?priority(required),?not(?name("^({"|".join(EXCLUDED)})$")))'
+# Merged /usr by symlinks, as debootstrap makes it, where the suite has usr-is-merged:
+# without it apt pulls in the usrmerge package and perl (~2,000 files, ~9 MiB).
+MERGED_USR_HOOK = Path("/usr/share/mmdebstrap/hooks/maybe-merged-usr")
+VARIANT = "apt+required-excluded"  # part of the cache key
+
+
 def mmdebstrap_argv(suite: str, target: Path, mirrors: Sequence[str], arch: str,
                     include: Sequence[str], quiet: bool) -> list[str]:
     """mmdebstrap as root of a user namespace like the build's, writing the tree in place.
@@ -124,14 +135,18 @@ def mmdebstrap_argv(suite: str, target: Path, mirrors: Sequence[str], arch: str,
     No tarball to write and unpack again (~5 s of a ~20 s cold build).  A user
     namespace cannot mount a new sysfs, so the host's ``/sys`` is bound in; and
     apt downloads as this fake root (its ``_apt`` could not enter a private
-    home), an option removed from the image again before it is done.
+    home), an option removed from the image again before it is done, with the
+    build host's resolver file that mmdebstrap copied in.
     """
-    argv = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
-            f"--architectures={arch}", "--skip=chroot/mount/sys",
+    argv = ["mmdebstrap", "--mode=root", "--variant=apt", f"--include={REQUIRED}",
+            "--format=directory", f"--architectures={arch}", "--skip=chroot/mount/sys",
             '--aptopt=APT::Sandbox::User "root"',
             '--extract-hook=mount --rbind /sys "$1/sys"',
             '--customize-hook=umount --lazy "$1/sys"',
-            '--customize-hook=rm "$1/etc/apt/apt.conf.d/99mmdebstrap"']
+            '--customize-hook=rm -f "$1/etc/apt/apt.conf.d/99mmdebstrap" '
+            '"$1/etc/resolv.conf"']
+    if MERGED_USR_HOOK.is_dir():
+        argv.append(f"--hook-dir={MERGED_USR_HOOK}")
     if include:
         argv.append("--include=" + ",".join(include))
     if quiet:
@@ -149,7 +164,7 @@ def debootstrap(stage: Stage, ctx: Context) -> Source:
     include = sorted(set(stage.include))
     arch = debian_arch()
     key = key_of({"agent": "debootstrap", "suite": suite, "mirrors": mirrors,
-                  "include": include, "arch": arch, "variant": "minbase",
+                  "include": include, "arch": arch, "variant": VARIANT,
                   "format": "directory"})
     entry = ctx.cache.lookup("debootstrap", key)
     if entry is None:

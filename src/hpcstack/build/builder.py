@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hpcstack.build import agents, engines, fakeroot, pack
+from hpcstack.build import agents, engines, fakeroot, layout, pack
 from hpcstack.build.cache import BuildCache
 from hpcstack.build.plan import HostCopy, Plan, PlanError
 from hpcstack.deffile import Definition, Stage, check, parse
+from hpcstack.deffile.parser import stored_text
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size
 from hpcstack.lifetime import die_with_parent
@@ -244,7 +245,7 @@ def publish_sif(plan: Plan, defn: Definition, output: Path, children: Children) 
     try:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-        pack.assemble(partial, deffile, Path(plan.labels_file), Path(plan.squashfs), plan.arch,
+        pack.assemble(partial, deffile, Path(plan.metadata_file), Path(plan.squashfs), plan.arch,
                       lambda argv: children.run(argv, what="siftool"))
         if output.is_dir() and not output.is_symlink():
             fakeroot.remove_tree(output)
@@ -269,7 +270,8 @@ def build(spec: str, output: Path, options: BuildOptions) -> BuildResult:
 
 def build_definition(name: str, defn: Definition, text: str, output: Path,
                      options: BuildOptions, *, started: float | None = None) -> BuildResult:
-    """Build an already parsed and checked definition (``text`` goes into the image as is).
+    """Build an already parsed and checked definition (``text`` goes into the image as
+    Apptainer stores it: from the first ``Bootstrap:`` line when only comments precede it).
 
     The one path every build takes: ``hpcstack build`` after parsing, and the
     build job (:mod:`hpcstack.build.job`) with the model the service checked.
@@ -285,11 +287,12 @@ def build_definition(name: str, defn: Definition, text: str, output: Path,
         host_files = [host_copies(name, stage) for stage in defn.stages]
         with workdir(options) as work:
             sources = [agents.resolve(stage, ctx) for stage in defn.stages]
-            plan = Plan(deffile=name, definition=defn, text=text, workdir=str(work),
+            plan = Plan(deffile=name, definition=defn, text=stored_text(text),
+                        workdir=str(work),
                         sources=sources, host_files=host_files, run_test=options.run_test,
                         sandbox=options.sandbox, compression=options.compression,
                         arch=pack.host_arch(),
-                        build_date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                        build_date=layout.build_date(datetime.now(UTC)))
             run_inside(plan, children)
             if options.sandbox:
                 publish_sandbox(Path(plan.rootfs(len(defn.stages) - 1)), output)

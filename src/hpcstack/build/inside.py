@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -175,10 +176,16 @@ def populate(plan: Plan, index: int, rootfs: str, *, overlay: bool) -> None:
     unpack(source, rootfs)
 
 
-def write_files(rootfs: str, items: Sequence[layout.File | layout.Link]) -> None:
+def write_files(rootfs: str, items: Sequence[layout.Item]) -> None:
     for item in items:
         path = os.path.join(rootfs, item.path)
+        if isinstance(item, layout.Dir):
+            if not os.path.lexists(path):  # a base image's own (or its symlink) is kept
+                os.makedirs(path, mode=item.mode)
+            continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if isinstance(item, layout.Default) and os.path.lexists(path):
+            continue
         if os.path.lexists(path) and not os.path.isdir(path):
             os.unlink(path)
         if isinstance(item, layout.Link):
@@ -187,6 +194,29 @@ def write_files(rootfs: str, items: Sequence[layout.File | layout.Link]) -> None
             with open(path, "w") as fh:
                 fh.write(item.content)
             os.chmod(path, item.mode)
+
+
+def image_labels(rootfs: str) -> dict[str, str]:
+    """The labels a base image brought (its ``labels.json``), kept under the new ones."""
+    try:
+        data = json.loads(Path(rootfs, layout.SD, "labels.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def write_metadata(rootfs: str, target: str) -> None:
+    """Apptainer's inspect-metadata JSON object of the finished image, for the SIF."""
+    sd = Path(rootfs, layout.SD)
+    names = [*layout.INSPECT_FILES.values(), "labels.json"]
+    names += sorted(str(p.relative_to(sd)) for pattern in layout.INSPECT_ENV
+                    for p in sd.glob(f"env/{pattern}"))
+    files = {}
+    for name in names:
+        path = sd / name
+        if path.is_file():
+            files[name] = path.read_text(errors="replace")
+    Path(target).write_text(layout.go_json(layout.inspect_metadata(files)))
 
 
 def make_mount_points(rootfs: str) -> None:
@@ -307,21 +337,24 @@ def build_stage(plan: Plan, defn: Definition, index: int, confined: bool) -> Non
     final = index == len(defn.stages) - 1
     populate(plan, index, rootfs, overlay=not (final and plan.sandbox))
     make_mount_points(rootfs)
-    write_files(rootfs, layout.base_environment(source.env or None))
+    write_files(rootfs, layout.base_environment(source.env or None,
+                                                fresh=stage.bootstrap != "localimage"))
     run_setup(plan, stage, rootfs, confined)
     copy_host_files(plan, index, rootfs)
     copy_stage_files(plan, defn, stage, rootfs)
     with build_mounts(rootfs):
         post_labels = run_post(plan, stage, rootfs)
-        label_map = layout.labels(stage, arch=plan.arch, build_date=plan.build_date,
-                                  extra=post_labels)
+        label_map, kept_back = layout.labels(stage, arch=plan.arch, build_date=plan.build_date,
+                                             extra=post_labels, existing=image_labels(rootfs))
+        for key in kept_back:
+            log(f"Label {key} already set by the base image or %post; not overwriting it")
         files = layout.final_files(stage, deffile_text=plan.text, label_map=label_map)
         if stage.runscript is None and source.runscript:
             files.append(layout.File(f"{layout.SD}/runscript", source.runscript, 0o755))
         write_files(rootfs, files)
         if final:
             run_test(plan, stage, rootfs)
-            shutil.copyfile(f"{rootfs}/{layout.SD}/labels.json", plan.labels_file)
+            write_metadata(rootfs, plan.metadata_file)
     log(f"stage {stage.name or index + 1}: {tree_size(Path(rootfs)) / 2**20:.1f} MiB")
 
 

@@ -6,23 +6,29 @@ lets Apptainer (and our Charliecloud adapter, through the action scripts) run
 the images we build::
 
     /.singularity.d/actions/{exec,run,shell,start,test}
-    /.singularity.d/env/{01-base,10-docker2singularity,90-environment,99-base}.sh
+    /.singularity.d/env/{01-base,10-docker2singularity,90-environment,94-appsbase,
+                         95-apps,99-base,99-runtimevars}.sh
     /.singularity.d/{runscript,startscript,test,runscript.help,labels.json,Singularity}
+    /.singularity.d/libs/  (where runtimes bind host libraries, e.g. GPU drivers)
     /singularity -> .singularity.d/runscript, /environment -> ..., /.exec -> ...
+
+and the inspect-metadata JSON object that ``apptainer inspect`` reads from the SIF.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 
 import jinja2
 
 from hpcstack import __version__
 from hpcstack.deffile import Script, Stage
+from hpcstack.deffile.parser import split_label
 
 SD = ".singularity.d"
 ACTIONS = ("exec", "run", "shell", "start", "test")
@@ -30,6 +36,7 @@ ACTIONS = ("exec", "run", "shell", "start", "test")
 # Directories and empty files that runtimes bind over; they must exist in the image.
 MOUNT_DIRS = ("proc", "sys", "dev", "tmp", "var/tmp", "home", "root", "etc", "mnt", "opt")
 MOUNT_FILES = ("etc/hosts", "etc/resolv.conf", "etc/passwd", "etc/group")
+ENV_STATIC = ("01-base.sh", "95-apps.sh", "99-base.sh", "99-runtimevars.sh")
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,24 @@ class File:
 class Link:
     path: str
     target: str
+
+
+@dataclass(frozen=True)
+class Dir:
+    path: str
+    mode: int = 0o755
+
+
+@dataclass(frozen=True)
+class Default:
+    """A file written only where the image has none (a base image's own is kept)."""
+
+    path: str
+    content: str
+    mode: int = 0o755
+
+
+Item = File | Link | Dir | Default
 
 
 def _shell_dq(value: str) -> str:
@@ -67,21 +92,38 @@ def _static(name: str) -> str:
     return resources.files("hpcstack.build").joinpath("templates", name).read_text()
 
 
+def shebang_and_body(script: Script) -> tuple[str, str]:
+    """Apptainer's rule: a ``#!`` first line is the interpreter, else ``-c PROGRAM``, else sh."""
+    body = script.body
+    if body.strip().startswith("#!"):
+        first, _, body = body.lstrip().partition("\n")
+        return first.strip(), body
+    return f"#!{script.interpreter or '/bin/sh'}", body
+
+
 def script_file(path: str, script: Script) -> File:
-    """A section as an executable script; ``%runscript -c /bin/bash`` picks the interpreter."""
-    body = script.body.rstrip("\n") + "\n"
-    interpreter = script.interpreter or "/bin/sh"
-    text = _templates.get_template("script.j2").render(interpreter=interpreter, body=body)
+    """A section as an executable script: its interpreter line, a blank line, the body."""
+    shebang, body = shebang_and_body(script)
+    text = _templates.get_template("script.j2").render(
+        shebang=shebang, body=body.rstrip("\n") + "\n")
     return File(path, text, 0o755)
 
 
-def base_environment(docker_env: list[tuple[str, str]] | None = None) -> list[File | Link]:
-    """The files every image gets before ``%post`` runs: actions, base env, links."""
-    out: list[File | Link] = [File(f"{SD}/actions/{a}", _static(f"actions/{a}"), 0o755)
-                              for a in ACTIONS]
+def base_environment(docker_env: list[tuple[str, str]] | None = None, *,
+                     fresh: bool = True) -> list[Item]:
+    """The files every image gets before ``%post`` runs: actions, base env, links.
+
+    ``fresh``: the root came from a bootstrap (not a base image), so its
+    ``/etc/hosts`` and ``/etc/resolv.conf`` are emptied as Apptainer does — the
+    runtime binds the host's over them; the build host's never stays in the image.
+    """
+    out: list[Item] = [Dir(f"{SD}/libs"), Dir(f"{SD}/actions"), Dir(f"{SD}/env")]
+    out += [File(f"{SD}/actions/{a}", _static(f"actions/{a}"), 0o755) for a in ACTIONS]
+    out += [File(f"{SD}/env/{name}", _static(f"env/{name}"), 0o755) for name in ENV_STATIC]
     out += [
-        File(f"{SD}/env/01-base.sh", _static("env/01-base.sh"), 0o755),
-        File(f"{SD}/env/99-base.sh", _static("env/99-base.sh"), 0o755),
+        File(f"{SD}/env/94-appsbase.sh", "", 0o755),  # SCIF apps' globals; none here
+        Default(f"{SD}/runscript", _static("runscript")),
+        Default(f"{SD}/startscript", _static("startscript")),
         Link(".exec", f"{SD}/actions/exec"),
         Link(".run", f"{SD}/actions/run"),
         Link(".shell", f"{SD}/actions/shell"),
@@ -89,58 +131,133 @@ def base_environment(docker_env: list[tuple[str, str]] | None = None) -> list[Fi
         Link("singularity", f"{SD}/runscript"),
         Link("environment", f"{SD}/env/90-environment.sh"),
     ]
+    for name in MOUNT_FILES[:2]:  # etc/hosts, etc/resolv.conf
+        out.append(File(name, "", 0o644) if fresh else Default(name, "", 0o644))
     if docker_env:
         text = _templates.get_template("env/10-docker2singularity.sh.j2").render(env=docker_env)
         out.append(File(f"{SD}/env/10-docker2singularity.sh", text, 0o755))
     return out
 
 
-def labels(stage: Stage, *, arch: str, build_date: str, extra: dict[str, str]) -> dict[str, str]:
-    """``labels.json``: Apptainer's build labels, then the stage's ``%labels``, then ``extra``
-    (lines that ``%post`` appended to ``$APPTAINER_LABELS``)."""
-    out = {
-        "org.label-schema.schema-version": "1.0",
-        "org.label-schema.build-arch": arch,
-        "org.label-schema.build-date": build_date,
-        "org.label-schema.usage.singularity.deffile.bootstrap": stage.bootstrap,
-        "org.hpcstack.builder": f"hpcstack {__version__}",
-    }
-    if stage.from_:
-        out["org.label-schema.usage.singularity.deffile.from"] = stage.from_
-    if stage.help:
-        out["org.label-schema.usage"] = f"/{SD}/runscript.help"
-        out["org.label-schema.usage.singularity.runscript.help"] = f"/{SD}/runscript.help"
-    out.update(dict(stage.labels))
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December")
+
+
+def build_date(now: datetime) -> str:
+    """Apptainer's build-date label, ``Monday_30_November_2026_5:33:38_UTC`` (any locale)."""
+    return (f"{_DAYS[now.weekday()]}_{now.day}_{_MONTHS[now.month - 1]}_{now.year}_"
+            f"{now.hour}:{now.minute}:{now.second}_{now.tzname() or 'UTC'}")
+
+
+def labels(stage: Stage, *, arch: str, build_date: str, extra: Mapping[str, str],
+           existing: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """``labels.json`` in Apptainer's order, and the ``%labels`` keys it kept back.
+
+    The base image's labels, then lines ``%post`` appended to
+    ``$APPTAINER_LABELS``, then the build's own labels (which replace both),
+    then ``%labels`` — which, as in Apptainer without ``--force``, add keys but
+    never replace one already there.  Header keys become
+    ``org.label-schema.usage.singularity.deffile.KEY`` (lower case), and
+    ``org.label-schema.usage.hpcstack.version`` names the builder where
+    Apptainer writes ``…usage.apptainer.version``.
+    """
+    out = dict(existing or {})
     out.update(extra)
-    return out
+    out.update({
+        "org.label-schema.schema-version": "1.0",
+        "org.label-schema.build-date": build_date,
+        "org.label-schema.usage.hpcstack.version": __version__,
+    })
+    if stage.help is not None and stage.help.body.strip():
+        out["org.label-schema.usage"] = f"/{SD}/runscript.help"
+        out["org.label-schema.usage.apptainer.runscript.help"] = f"/{SD}/runscript.help"
+    for key, value in stage.header:
+        out[f"org.label-schema.usage.singularity.deffile.{key.lower()}"] = value
+    out["org.label-schema.build-arch"] = arch
+    kept_back = []
+    for key, value in stage.labels:
+        if key in out:
+            kept_back.append(key)
+        else:
+            out[key] = value
+    return dict(sorted(out.items())), kept_back
 
 
-def final_files(stage: Stage, *, deffile_text: str, label_map: dict[str, str]) -> list[File]:
+def labels_json(label_map: Mapping[str, str]) -> str:
+    """``labels.json`` as Apptainer writes it: keys sorted, tab-indented."""
+    return json.dumps(dict(sorted(label_map.items())), indent="\t")
+
+
+def final_files(stage: Stage, *, deffile_text: str, label_map: Mapping[str, str]) -> list[File]:
     """The files written after ``%post``: environment, scripts, help, labels, definition."""
     env_body = stage.environment.body.rstrip("\n") if stage.environment else ""
     out = [
         File(f"{SD}/env/90-environment.sh",
              _templates.get_template("env/90-environment.sh.j2").render(body=env_body), 0o755),
-        File(f"{SD}/labels.json", json.dumps(label_map, indent=4) + "\n"),
+        File(f"{SD}/labels.json", labels_json(label_map)),
         File(f"{SD}/Singularity", deffile_text),
     ]
     for section, name in ((stage.runscript, "runscript"), (stage.startscript, "startscript"),
                           (stage.test, "test")):
-        if section is not None:
+        if section is not None and section.body.strip():
             out.append(script_file(f"{SD}/{name}", section))
-    if stage.help is not None:
-        help_text = textwrap.dedent(stage.help.body).strip("\n") + "\n"
-        out.append(File(f"{SD}/runscript.help", help_text))
+    if stage.help is not None and stage.help.body.strip():
+        out.append(File(f"{SD}/runscript.help", stage.help.body.rstrip("\n") + "\n"))
     return out
 
 
+# What ``apptainer inspect --all`` reads for each attribute of its JSON object.
+INSPECT_FILES = {"deffile": "Singularity", "helpfile": "runscript.help",
+                 "runscript": "runscript", "startscript": "startscript", "test": "test"}
+INSPECT_ENV = ("10-docker*.sh", "9*-environment.sh")
+
+
+def inspect_text(text: str) -> str:
+    """A file as ``apptainer inspect`` shows it: trailing newlines dropped."""
+    return text.rstrip("\n")
+
+
+def inspect_metadata(files: Mapping[str, str]) -> dict:
+    """Apptainer's ``inspect-metadata.json`` object for an image's ``/.singularity.d``.
+
+    ``files`` maps names relative to ``/.singularity.d`` (``labels.json``,
+    ``env/90-environment.sh``, ...) to their text, for those the image has; the
+    environment files are those ``INSPECT_ENV`` matches, in name order.  Empty
+    attributes are left out, as Apptainer's ``omitempty`` does.
+    """
+    attributes: dict = {}
+    env = {f"/{SD}/{name}": inspect_text(text) for name, text in sorted(files.items())
+           if name.startswith("env/")}
+    if env:
+        attributes["environment"] = env
+    labels = json.loads(files["labels.json"]) if "labels.json" in files else {}
+    if labels:
+        attributes["labels"] = dict(sorted(labels.items()))
+    for attribute in ("runscript", "test", "helpfile", "deffile", "startscript"):
+        text = inspect_text(files.get(INSPECT_FILES[attribute], ""))
+        if text:
+            attributes[attribute] = text
+    return {"data": {"attributes": attributes}, "type": "container"}
+
+
+def go_json(value: object) -> str:
+    """JSON as Go's ``encoding/json`` writes it: compact, with ``<``, ``>``, ``&`` escaped."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
 def parse_label_lines(text: str) -> dict[str, str]:
-    """Labels that ``%post`` appended to ``$APPTAINER_LABELS``: ``KEY VALUE`` per line."""
+    """Labels that ``%post`` appended to ``$APPTAINER_LABELS``: ``KEY VALUE`` per line,
+    read as ``%labels`` is."""
     out: dict[str, str] = {}
     for line in text.splitlines():
-        key, _, value = line.strip().partition(" ")
+        key, value = split_label(line)
         if key and not key.startswith("#"):
-            out[key] = value.strip()
+            out[key] = value
     return out
 
 

@@ -1,8 +1,8 @@
 """Packing a built root filesystem's SquashFS into a SIF, with ``siftool``.
 
 The SIF holds what Apptainer's own assembler writes: the definition file, the
-labels as a JSON object named ``labels.json``, and the SquashFS as the primary
-system partition with its architecture; and the launch script
+inspect metadata as a JSON object named ``inspect-metadata.json``, and the SquashFS
+as the primary system partition with its architecture; and the launch script
 ``#!/usr/bin/env run-singularity`` that makes the file executable.  Every data
 object is in object group 1, as Apptainer puts them: ``apptainer sign`` and
 ``verify`` (and ``hpcstack sign``) sign and check an image group by group.
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 LAUNCH_SCRIPT = b"#!/usr/bin/env run-singularity\n"
+METADATA_NAME = "inspect-metadata.json"  # what `apptainer inspect` reads
 LAUNCH_SCRIPT_SIZE = 32  # the fixed field at the start of the SIF global header
 
 # siftool's --partarch numbers
@@ -44,14 +45,14 @@ def host_arch() -> str:
     return GO_ARCH.get(platform.machine(), platform.machine())
 
 
-def sif_argvs(sif: Path, deffile: Path, labels: Path, squashfs: Path, arch: str
+def sif_argvs(sif: Path, deffile: Path, metadata: Path, squashfs: Path, arch: str
               ) -> list[list[str]]:
     """The ``siftool`` calls that assemble the SIF, in order."""
     return [
         ["siftool", "new", str(sif)],
         ["siftool", "add", "--groupid", GROUP, "--datatype", "1", str(sif), str(deffile)],
-        ["siftool", "add", "--groupid", GROUP, "--datatype", "6", "--filename", "labels.json",
-         str(sif), str(labels)],
+        ["siftool", "add", "--groupid", GROUP, "--datatype", "6", "--filename", METADATA_NAME,
+         str(sif), str(metadata)],
         ["siftool", "add", "--groupid", GROUP, "--datatype", "4", "--parttype", "2",
          "--partfs", "1", "--partarch", str(SIF_ARCH[arch]), str(sif), str(squashfs)],
     ]
@@ -63,8 +64,8 @@ def write_launch_script(sif: Path) -> None:
     os.chmod(sif, 0o755)
 
 
-def assemble(sif: Path, deffile: Path, labels: Path, squashfs: Path, arch: str,
+def assemble(sif: Path, deffile: Path, metadata: Path, squashfs: Path, arch: str,
              run: Callable[[Sequence[str]], object]) -> None:
-    for argv in sif_argvs(sif, deffile, labels, squashfs, arch):
+    for argv in sif_argvs(sif, deffile, metadata, squashfs, arch):
         run(argv)
     write_launch_script(sif)

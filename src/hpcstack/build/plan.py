@@ -84,8 +84,8 @@ class Plan(BaseModel):
         return f"{self.workdir}/image.sqfs"
 
     @property
-    def labels_file(self) -> str:  # the final image's labels.json, for the SIF descriptor
-        return f"{self.workdir}/labels.json"
+    def metadata_file(self) -> str:  # the final image's inspect-metadata JSON, for the SIF
+        return f"{self.workdir}/inspect-metadata.json"
 
     @property
     def error_file(self) -> str:

@@ -84,18 +84,28 @@ def def_check(files: Annotated[list[Path], typer.Argument(help="Definition files
 
 @def_app.command("show")
 def def_show(file: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Print the parsed definition (canonical text, or the model as JSON)."""
-    from hpcstack.deffile import parse, render
+    """Print the parsed definition (canonical text, or the model as JSON).
+
+    Problems are warnings here (on stderr), as Apptainer builds some files that
+    ``def check`` refuses; only ``check`` fails on them.
+    """
+    from hpcstack.deffile import render
+    from hpcstack.deffile.parser import diagnose
 
     try:
         text = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{file}: cannot read: {exc}") from None
-    defn = parse(text, str(file))
+    defn, problems = diagnose(text, str(file))
+    for problem in problems:
+        print(f"{problem.filename}:{problem.line}: warning: {problem.message}", file=sys.stderr)
     if as_json:
         print(json.dumps(asdict(defn), indent=2))
     else:
-        sys.stdout.write(render(defn))
+        try:
+            sys.stdout.write(render(defn))
+        except ValueError as err:  # what the text syntax cannot express: --json can
+            raise UserError(f"{file}: {err}; try --json") from None
 
 
 # --- build ------------------------------------------------------------------------------

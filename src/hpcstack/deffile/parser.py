@@ -110,6 +110,18 @@ def normalise_body(lines: list[str]) -> str:
     return "\n".join(lines[start:end])
 
 
+def split_label(line: str) -> tuple[str, str]:
+    """``KEY VALUE`` split at the first space, as Apptainer does (a tab does not split)."""
+    key, _, value = line.strip().partition(" ")
+    return key.strip(), value.strip()
+
+
+def _continued(value: str) -> str:
+    """A header value ending in ``\\``, without it; ``\\n`` before it becomes a newline."""
+    value = value[:-1]
+    return value[:-2] + "\n" if value.endswith("\\n") else value
+
+
 def split_paths(text: str) -> list[str]:
     """Split a %files line into paths: blank-separated, "..." or '...' quoted, ``#`` comment.
 
@@ -181,7 +193,11 @@ class _StageBuilder:
         self.header.append((canonical, value.strip(), line))
 
     def scan_header(self, lines: list[tuple[int, str]]) -> None:
-        """Read ``Key: value`` lines; ``#`` starts a comment; a final ``\\`` continues."""
+        """Read ``Key: value`` lines; ``#`` starts a comment; a final ``\\`` continues.
+
+        As in Apptainer, a continued value goes on with the next line's text
+        (its blanks stripped), and ``\\n`` right before the ``\\`` is a newline.
+        """
         pending: tuple[str, str, int] | None = None
         for number, raw in lines:
             if is_comment_or_blank(raw):
@@ -199,7 +215,7 @@ class _StageBuilder:
                     self.error(number, f"expected 'Key: value' in header, got {show(text)}")
                     continue
                 key, value, line = key.strip(), value.strip(), number
-            pending = (key, value[:-1], line) if value.endswith("\\") else None
+            pending = (key, _continued(value), line) if value.endswith("\\") else None
             if pending is None:
                 self.add_header(key, value, line)
         if pending:
@@ -283,14 +299,14 @@ class _StageBuilder:
                 yield FileTransfer(paths[0], paths[-1], number)
 
     def add_labels(self, section: _Section) -> None:
-        """``KEY VALUE`` per line, split at the first blank; a later KEY wins."""
+        """``KEY VALUE`` per line; a later KEY wins."""
         if section.args:
             self.error(section.line, "%labels takes no arguments; put KEY VALUE on the next line")
         for raw in section.body:
             if is_comment_or_blank(raw):
                 continue
-            key, *value = raw.split(None, 1)
-            self.labels[key] = value[0].strip() if value else ""
+            key, value = split_label(raw)
+            self.labels[key] = value
 
     def build(self, first_line: int) -> Stage:
         """Freeze the stage; the Bootstrap key goes first whatever its place in the file."""
@@ -379,6 +395,18 @@ def scan(text: str, filename: str = "<string>") -> tuple[Definition, list[DefFil
         if stage is not None:
             stages.append(stage)
     return Definition(tuple(stages)), problems
+
+
+def stored_text(text: str) -> str:
+    """The definition as Apptainer stores it in the image: without a preamble of only
+    comments and blank lines before the first ``Bootstrap:`` line (a stage it drops)."""
+    lines = text.split("\n")
+    for number, line in enumerate(lines):
+        if is_stage_start(line):
+            return "\n".join(lines[number:])
+        if not is_comment_or_blank(line.rstrip("\r")):
+            break
+    return text
 
 
 def diagnose(text: str, filename: str = "<string>") -> tuple[Definition, list[DefFileError]]:

@@ -42,7 +42,11 @@ def _one_line(text: str) -> bool:
     return text == text.strip() and "\n" not in text
 
 
-def _header_text(stage: Stage, where: str) -> str:
+def _header_text(stage: Stage, where: str, first_stage: bool) -> str:
+    """The header lines; none for a first stage without one (Apptainer builds on the host's
+    choice then, and a later stage without one would merge into the one before)."""
+    if not stage.header and first_stage:
+        return ""
     first = stage.header[0][0] if stage.header else None
     _require(first == "Bootstrap", where, "Bootstrap must come first")
     keys = [key for key, _ in stage.header]
@@ -51,10 +55,24 @@ def _header_text(stage: Stage, where: str) -> str:
     for key, value in stage.header:
         at = f"{where} header {key}"
         _require(canonical_key(key) == key, at, "unknown or non-canonical key")
-        _require(_one_line(value), at, "value has outer blanks or a newline")
-        _require("#" not in value and not value.endswith("\\"), at, "value has '#' or a final '\\'")
-        lines.append(f"{key}: {value}" if value else f"{key}:")
+        lines.append(_header_line(key, value, at))
     return "\n".join(lines)
+
+
+def _header_line(key: str, value: str, at: str) -> str:
+    """``Key: value``; a newline in the value is written ``\\n\\`` and the value goes on
+    on the next line (which the parser reads with its blanks stripped)."""
+    parts = value.split("\n")
+    for index, part in enumerate(parts):
+        _require(part == part.strip(), at, "value has outer blanks around a line")
+        _require("#" not in part and not part.endswith("\\"), at,
+                 "value has '#' or a line ending in '\\'")
+        if index:
+            _require(not part.startswith("%") and not is_stage_start(part), at,
+                     "a value line starts with '%' or 'bootstrap:'")
+    _require(len(parts) == 1 or bool(parts[-1]), at, "value ends with a newline")
+    text = f"\\n\\\n{INDENT}".join(parts)
+    return f"{key}: {text}" if value else f"{key}:"
 
 
 def _script_text(name: str, script: Script, where: str) -> str:
@@ -99,8 +117,9 @@ def _labels_text(labels: tuple[tuple[str, str], ...], where: str) -> str:
     lines = ["%labels"]
     for key, value in labels:
         at = f"{where} label {key!r}"
-        plain = key and not any(c.isspace() for c in key) and key[0] not in "#%"
-        _require(bool(plain), at, "key must be one word not starting with '#' or '%'")
+        plain = key and key == key.strip() and " " not in key and "\n" not in key
+        _require(bool(plain) and key[0] not in "#%", at,
+                 "key must be one word (no space) not starting with '#' or '%'")
         _require(_one_line(value), at, "value has outer blanks or a newline")
         lines.append(f"{INDENT}{key} {value}" if value else f"{INDENT}{key}")
     return "\n".join(lines)
@@ -117,14 +136,19 @@ def _sections(stage: Stage, where: str) -> Iterator[str]:
             yield _script_text(name, script, where)
 
 
-def _stage_text(stage: Stage, where: str) -> str:
+def _stage_text(stage: Stage, where: str, first_stage: bool) -> str:
     names = {section.stage for section in stage.files}
     _require(len(names) == len(stage.files), where, "two %files sections from the same stage")
-    blocks = [_header_text(stage, where), *_sections(stage, where)]
-    return "\n\n".join(blocks) + "\n"
+    blocks = [_header_text(stage, where, first_stage), *_sections(stage, where)]
+    return "\n\n".join(block for block in blocks if block) + "\n"
 
 
 def render(definition: Definition) -> str:
-    """Canonical text of *definition*: ``parse(render(d)) == d`` for every valid *d*."""
+    """Canonical text of *definition*: ``parse(render(d)) == d`` for every valid *d*.
+
+    Also for what only ``check`` refuses but Apptainer builds, such as a file
+    without a header: ``hpcstack def show`` prints those with warnings.
+    """
     stages = definition.stages
-    return "\n".join(_stage_text(stage, f"stage {i}") for i, stage in enumerate(stages, 1))
+    return "\n".join(_stage_text(stage, f"stage {i}", i == 1)
+                     for i, stage in enumerate(stages, 1))

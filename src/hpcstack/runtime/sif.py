@@ -156,17 +156,26 @@ class SifImage:
         return None if d is None else self.read(d).decode("utf-8", errors="replace")
 
     def labels(self) -> dict[str, Any]:
-        """Labels, from the generic JSON object ``labels.json`` as Apptainer writes it."""
+        """Labels: from ``inspect-metadata.json`` as Apptainer 1.2+ writes it, else from
+        the ``labels.json`` object of older images."""
+        d = self.find(DataType.GENERIC_JSON, "inspect-metadata.json")
+        if d is not None:
+            data = self._json(d)
+            labels = data.get("data", {}).get("attributes", {}).get("labels", {})
+            return labels if isinstance(labels, dict) else {}
         d = self.find(DataType.GENERIC_JSON, "labels.json")
-        if d is None:
-            return {}
+        return {} if d is None else self._json(d)
+
+    def _json(self, descriptor: Descriptor) -> dict[str, Any]:
+        """A generic JSON object that must hold a JSON object; one clear line if not."""
         try:
-            labels = json.loads(self.read(d))
+            data = json.loads(self.read(descriptor))
         except ValueError as err:
-            raise UserError(f"{self.path}: labels.json in SIF image is not JSON ({err})") from None
-        if not isinstance(labels, dict):
-            raise UserError(f"{self.path}: labels.json in SIF image is not a JSON object")
-        return labels
+            raise UserError(f"{self.path}: {descriptor.name} in SIF image is not JSON "
+                            f"({err})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{self.path}: {descriptor.name} in SIF image is not a JSON object")
+        return data
 
 
 def read_sif(path: Path | str) -> SifImage:

@@ -1,0 +1,14 @@
+#!/bin/sh
+# PATH as the caller asked for it (apptainer --env PATH=..., APPTAINERENV_PREPEND_PATH,
+# APPTAINERENV_APPEND_PATH): applied last, after the image's own environment.
+if [ -n "${SING_USER_DEFINED_PREPEND_PATH:-}" ]; then
+    PATH="$SING_USER_DEFINED_PREPEND_PATH:$PATH"
+fi
+if [ -n "${SING_USER_DEFINED_APPEND_PATH:-}" ]; then
+    PATH="$PATH:$SING_USER_DEFINED_APPEND_PATH"
+fi
+if [ -n "${SING_USER_DEFINED_PATH:-}" ]; then
+    PATH="$SING_USER_DEFINED_PATH"
+fi
+unset SING_USER_DEFINED_PREPEND_PATH SING_USER_DEFINED_APPEND_PATH SING_USER_DEFINED_PATH
+export PATH
