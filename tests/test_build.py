@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HPCSTACK_PREFIX, User, need
-from hpcstack.runtime.sif import read_sif
+from conftest import HPCSTACK_PREFIX, Apptainer, User, need
+from hpcstack.deffile.parser import stored_text
+from hpcstack.runtime.sif import DataType, read_sif
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +100,8 @@ def test_sif_layout(hello: Path) -> None:
     with hello.open("rb") as fh:
         assert fh.read(31) == b"#!/usr/bin/env run-singularity\n"
     sif = read_sif(hello)
-    assert sif.deffile() == HELLO_DEF.read_text()
+    assert sif.deffile() == stored_text(HELLO_DEF.read_text())  # from Bootstrap:, as Apptainer
+    assert sif.deffile().startswith("Bootstrap: debootstrap\n")
     assert {d.group for d in sif.descriptors} == {1}  # every object in Apptainer's group 1
 
 
@@ -629,3 +631,122 @@ def test_user_without_subordinate_ids_is_told_why(user: User) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("hpcstack: error: /etc/subuid: no subordinate ID range")
     assert "usermod --add-subuids" in proc.stderr
+
+
+# --- what Apptainer's own build writes (issue 12) -------------------------------------------
+
+SHEBANG_DEF = """Bootstrap: debootstrap
+OSVersion: bookworm
+
+%runscript
+    #!/bin/bash
+    echo "runscript in bash ${BASH_VERSION%%.*}"
+
+%startscript
+    #!/bin/bash
+    echo "started in bash"
+
+%test
+    #!/bin/bash
+    [[ -n "$BASH_VERSION" ]] && echo "test in bash"
+"""
+
+
+def image_file(sif: Path, path: str) -> str:
+    offset = read_sif(sif).primary_partition().offset
+    return subprocess.run(["unsquashfs", "-cat", "-o", str(offset), str(sif), path],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def shebang(user: User, hello: Path) -> Path:
+    """Built on the bootstrap ``hello`` cached (same suite and mirrors): a warm build.
+
+    Its ``%test`` is bash; the build runs it, so the build itself must not fail.
+    """
+    work = user.workdir("shebang")
+    put(user, work / "shebang.def", SHEBANG_DEF)
+    user.hpcstack("build", "shebang.sif", "shebang.def", cwd=work, check=True)
+    return work / "shebang.sif"
+
+
+def test_shebang_lines_pick_the_interpreter(user: User, shebang: Path) -> None:
+    """Point 4: ``#!/bin/bash`` first in %runscript, %test, %startscript is the interpreter."""
+    assert user.hpcstack("run", str(shebang), check=True).stdout.strip() == "runscript in bash 5"
+    assert user.hpcstack("test", str(shebang), check=True).stdout.strip() == "test in bash"
+    for name in ("runscript", "startscript", "test"):
+        assert image_file(shebang, f".singularity.d/{name}").startswith("#!/bin/bash\n\n"), name
+
+
+def test_apptainer_inspects_our_metadata_object(user: User, hello: Path,
+                                                apptainer: Apptainer) -> None:
+    """Point 2: ``apptainer inspect`` reads each attribute from our inspect-metadata.json,
+    and each equals the file it stands for in the image, as on Apptainer's own images."""
+    sif = read_sif(hello)
+    assert sif.find(DataType.GENERIC_JSON, "inspect-metadata.json") is not None
+    assert sif.find(DataType.GENERIC_JSON, "labels.json") is None
+    flags = ["--labels", "--runscript", "--test", "--helpfile", "--deffile", "--environment",
+             "--startscript"]
+    proc = apptainer.run(user, ["inspect", "--json", *flags, str(hello)], check=True)
+    attributes = json.loads(proc.stdout)["data"]["attributes"]
+    for name, path in (("runscript", "runscript"), ("test", "test"),
+                       ("helpfile", "runscript.help"), ("deffile", "Singularity"),
+                       ("startscript", "startscript")):
+        assert attributes[name] == image_file(hello, f".singularity.d/{path}").rstrip("\n"), name
+    env = attributes["environment"]
+    assert set(env) == {"/.singularity.d/env/90-environment.sh",
+                        "/.singularity.d/env/91-environment.sh"}
+    assert env["/.singularity.d/env/91-environment.sh"] == "export BUILT_BY=hpcstack"
+    labels = attributes["labels"]
+    assert labels == json.loads(image_file(hello, ".singularity.d/labels.json"))
+    assert labels["org.label-schema.usage.singularity.deffile.osversion"] == "bookworm"
+    assert labels["org.label-schema.usage.hpcstack.version"]
+    assert re.fullmatch(r"[A-Z][a-z]+day_\d+_[A-Z][a-z]+_\d{4}_\d+:\d+:\d+_\w+",
+                        labels["org.label-schema.build-date"])
+    # the same object answers the single-attribute flags as text
+    proc = apptainer.run(user, ["inspect", "--runscript", str(hello)], check=True)
+    assert proc.stdout.strip() == attributes["runscript"].strip()
+
+
+def test_singularity_d_as_apptainer_lays_it_out(hello: Path) -> None:
+    """Point 3: libs/, a default startscript, 94-appsbase, 95-apps, 99-runtimevars."""
+    listing = squashfs_listing(hello, ".singularity.d")
+    assert re.search(r"^drwxr-xr-x 0/0 .* squashfs-root/\.singularity\.d/libs$", listing, re.M)
+    for name in ("startscript", "env/94-appsbase.sh", "env/95-apps.sh", "env/99-base.sh",
+                 "env/99-runtimevars.sh"):
+        assert re.search(rf"^-rwxr-xr-x 0/0 .* squashfs-root/\.singularity\.d/{name}$",
+                         listing, re.M), name
+    assert image_file(hello, ".singularity.d/startscript").startswith("#!/bin/sh\n")
+
+
+def test_no_build_host_resolver_in_the_image(hello: Path) -> None:
+    """Point 5: /etc/resolv.conf and /etc/hosts empty, 0644, root's, as Apptainer leaves them."""
+    for name in ("etc/resolv.conf", "etc/hosts"):
+        line = squashfs_listing(hello, name).splitlines()[-1].split()
+        assert line[:3] == ["-rw-r--r--", "0/0", "0"], line
+
+
+def test_bootstrap_is_debootstraps_minbase(hello: Path) -> None:
+    """Point 7: merged /usr by symlinks, not by usrmerge (which brings perl); nothing that
+    Apptainer's debootstrap excludes."""
+    info = squashfs_listing(hello, "var/lib/dpkg/info")
+    for absent in ("usrmerge", "perl", "e2fsprogs", "libperl5.36:amd64"):
+        assert f"/var/lib/dpkg/info/{absent}.list\n" not in info, absent
+    for present in ("usr-is-merged", "apt", "hello", "perl-base"):
+        assert f"/var/lib/dpkg/info/{present}.list\n" in info, present
+    assert squashfs_listing(hello, "bin").splitlines()[-1].endswith("squashfs-root/bin -> usr/bin")
+
+
+def test_actions_without_runscript_or_test(user: User, hello: Path) -> None:
+    """Point 8, through Charliecloud: ``run`` with no runscript starts /bin/sh, ``test``
+    with no %test passes, ``shell`` exports SHELL."""
+    work = user.workdir("noscripts")
+    put(user, work / "box.def", f"Bootstrap: localimage\nFrom: {hello}\n")
+    user.hpcstack("build", "--sandbox", "--notest", "box", "box.def", cwd=work, check=True)
+    user.run(["rm", str(work / "box/.singularity.d/runscript"),
+              str(work / "box/.singularity.d/test")], check=True)
+    run = user.hpcstack("run", str(work / "box"), "-c", 'echo "sh:$0"', check=True)
+    assert run.stdout.splitlines()[-1] == "sh:/bin/sh", run.stdout
+    assert user.hpcstack("test", str(work / "box")).returncode == 0
+    shell = user.hpcstack("shell", str(work / "box"), "-c", 'echo "$SHELL"', check=True)
+    assert shell.stdout.strip() == "/bin/bash"

@@ -56,12 +56,26 @@ def test_def_show_json() -> None:
     assert "apt-get install" in stage["post"]["body"]
 
 
-def test_def_show_parse_error_is_one_line(tmp_path: Path) -> None:
-    bad = tmp_path / "x.def"
-    bad.write_text("%post\n  true\n")
-    proc = hpcstack("def", "show", str(bad))
-    assert proc.returncode == 1
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"hpcstack: error: {bad}:1:")
+def test_def_show_warns_where_apptainer_builds(tmp_path: Path) -> None:
+    """Issue 12 point 9: Apptainer builds a file with no header, or with ``%files from`` a
+    stage the file does not define; ``show`` prints the model with warnings, ``check`` fails."""
+    noheader = tmp_path / "noheader.def"
+    noheader.write_text("%help\nHello\n%post\n  true\n%labels\nMaintainer Me\n")
+    proc = hpcstack("def", "show", str(noheader))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("%post\n  true\n")
+    assert "%labels\n    Maintainer Me" in proc.stdout and "%help\nHello" in proc.stdout
+    assert proc.stderr == f"{noheader}:1: warning: missing Bootstrap header\n"
+    elsewhere = tmp_path / "files.def"
+    elsewhere.write_text("Bootstrap: docker\nFrom: alpine\n\n%files from somewhere\n"
+                         "    /a /b\n")
+    proc = hpcstack("def", "show", "--json", str(elsewhere))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["stages"][0]["files"][0]["stage"] == "somewhere"
+    assert proc.stderr.startswith(f"{elsewhere}:4: warning: %files from somewhere:")
+    for path in (noheader, elsewhere):
+        check = hpcstack("def", "check", str(path))
+        assert check.returncode == 1 and check.stdout.startswith(f"{path}:"), check.stdout
 
 
 def test_exec_needs_a_command(tmp_path: Path) -> None:

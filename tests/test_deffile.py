@@ -21,7 +21,7 @@ from hpcstack.deffile import (
     render,
     validate,
 )
-from hpcstack.deffile.parser import diagnose
+from hpcstack.deffile.parser import diagnose, stored_text
 from hpcstack.errors import UserError
 
 
@@ -123,6 +123,23 @@ def test_header_comments_and_blank_lines() -> None:
 def test_header_line_continuation() -> None:
     text = "Bootstrap: debootstrap\nOSVersion: jammy\nInclude: gcc \\\n   make\n"
     assert parse(text).final.include == ["gcc", "make"]
+
+
+def test_header_continuation_newline_escape() -> None:
+    """Issue 12 point 9: as in Apptainer, ``\\n`` before the final ``\\`` is a newline,
+    and the next line goes on with its blanks stripped; render writes it back so."""
+    text = ("Bootstrap: zypper\nProductPGP: -----BEGIN KEY-----\\n\\\n"
+            "   line one\\n\\\n  \\n\\\n   -----END KEY-----\n")
+    stage = parse(text).final
+    assert stage.get("ProductPGP") == "-----BEGIN KEY-----\nline one\n\n-----END KEY-----"
+    assert parse(render(parse(text))) == parse(text)
+
+
+def test_no_header_renders_and_parses_back() -> None:
+    """A file of sections only (Apptainer builds it on the host's choice of bootstrap)."""
+    defn, found = diagnose("%post\n  true\n%labels\n  A b\n", "n.def")
+    assert [str(p) for p in found] == ["n.def:1: missing Bootstrap header"]
+    assert diagnose(render(defn))[0] == defn
 
 
 def test_dangling_continuation_is_an_error() -> None:
@@ -869,3 +886,13 @@ def test_arbitrary_text_only_raises_def_file_errors(text: str) -> None:
 @given(fragment_text)
 def test_plausible_fragments_only_raise_def_file_errors(text: str) -> None:
     _assert_consistent(text)
+
+
+def test_stored_text_drops_only_a_comment_preamble() -> None:
+    """What goes into the image, as Apptainer stores it: from the first Bootstrap line when
+    only comments and blank lines come before it; anything else is kept whole."""
+    assert stored_text("# about\n\n  # more\nBootstrap: scratch\n%post\n") == (
+        "Bootstrap: scratch\n%post\n")
+    assert stored_text("%post\n  true\nBootstrap: scratch\n") == (
+        "%post\n  true\nBootstrap: scratch\n")
+    assert stored_text("# only a comment\n") == "# only a comment\n"

@@ -166,6 +166,13 @@ for _action in ("exec", "run", "shell"):
     _launch_verb(_action)
 
 
+@app.command("test", context_settings=CTX)
+def test_(ctx: typer.Context, image: Path, runtime: RuntimeOpt = None, bind: BindOpt = None,
+          nv: GpuOpt = False, rocm: RocmOpt = False) -> None:
+    """Run an image's %test section (passes when it has none), as apptainer test does."""
+    _launch("test", image, ctx.args, runtime, bind, nv, rocm)
+
+
 # --- cache ------------------------------------------------------------------------------
 
 
