@@ -299,7 +299,7 @@ def test_charliecloud_bind_errors(host: dict[str, Path]) -> None:
     [
         ("exec", ["true"]),
         ("run", ["/bin/sh"]),
-        ("shell", ["/bin/sh"]),
+        ("shell", ["/bin/sh", "-c", 'SHELL="$0"; export SHELL; exec "$0" "$@"', "/bin/sh"]),
         ("test", ["/bin/sh", "-c", "true"]),
     ],
 )
@@ -310,6 +310,15 @@ def test_charliecloud_without_action_scripts(
     args = ["true"] if action == "exec" else []
     plan = charliecloud(host).plan(Launch(action, host["plain"], args, cwd=host["home"]))
     assert plan.argv[plan.argv.index("--") + 1 :] == inner
+
+
+def test_charliecloud_shell_fallback_exports_shell() -> None:
+    """Issue 12 point 8: the fallback command itself, run by the real /bin/sh."""
+    from hpcstack.runtime.charliecloud import SHELL_EXPORT
+
+    proc = subprocess.run([*SHELL_EXPORT, "/bin/sh", "-c", 'echo "$SHELL"'],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout == "/bin/sh\n"
 
 
 def test_charliecloud_gpu_is_a_warning(host: dict[str, Path]) -> None:

@@ -159,6 +159,25 @@ def test_deffile_labels_and_data(made: dict[str, Path]) -> None:
     assert siftool("dump", "1", made["sif"]) == DEFFILE
 
 
+def test_labels_from_apptainers_inspect_metadata(tmp_path: Path) -> None:
+    """Apptainer 1.2+ (and hpcstack) keep labels in inspect-metadata.json, no labels.json."""
+    need("siftool", "mksquashfs")
+    meta = {"data": {"attributes": {"labels": LABELS, "runscript": "#!/bin/sh"}},
+            "type": "container"}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    sif = tmp_path / "new.sif"
+    siftool("new", sif)
+    siftool("add", sif, tmp_path / "meta.json", "--datatype", "6", "--filename",
+            "inspect-metadata.json")
+    assert read_sif(sif).labels() == LABELS
+    (tmp_path / "bad.json").write_text("[1]")
+    siftool("new", bad := tmp_path / "bad.sif")
+    siftool("add", bad, tmp_path / "bad.json", "--datatype", "6", "--filename",
+            "inspect-metadata.json")
+    with pytest.raises(UserError, match=r"inspect-metadata\.json in SIF image is not a JSON obj"):
+        read_sif(bad).labels()
+
+
 def test_image_without_extras(tmp_path: Path) -> None:
     need("siftool", "mksquashfs")
     sif = tmp_path / "bare.sif"

@@ -50,7 +50,8 @@ Actions
     Run through the image's ``/.singularity.d/actions/{exec,run,shell,test}``
     as Apptainer does; without them (a plain directory) hpcstack falls back as
     those scripts would: the command itself, ``/.singularity.d/runscript`` or
-    ``/bin/sh``, ``/bin/bash`` or ``/bin/sh``, ``/.singularity.d/test`` or ``true``.
+    ``/bin/sh``, ``/bin/bash`` or ``/bin/sh`` (named in ``SHELL``),
+    ``/.singularity.d/test`` or ``true``.
 
 GPUs
     ``ch-run`` has no ``--nv``/``--rocm``.  ``/dev`` is shared, so devices are
@@ -84,6 +85,8 @@ GPU_NOTES = {
 }
 
 State = Literal["present", "creatable", "blocked"]
+#: Without action scripts, ``shell`` still names the shell in SHELL (as Apptainer's does).
+SHELL_EXPORT = ("/bin/sh", "-c", 'SHELL="$0"; export SHELL; exec "$0" "$@"')
 
 
 class Charliecloud(Runtime):
@@ -283,7 +286,8 @@ def _inner(launch: Launch, root: Path, overrides: dict[str, str]) -> list[str]:
     fallbacks = {
         "exec": [],
         "run": [str(META / "runscript")] if _has(root, META / "runscript") else ["/bin/sh"],
-        "shell": ["/bin/bash"] if _has(root, PurePosixPath("/bin/bash")) else ["/bin/sh"],
+        "shell": [*SHELL_EXPORT, "/bin/bash" if _has(root, PurePosixPath("/bin/bash"))
+                  else "/bin/sh"],
         "test": [str(META / "test")] if _has(root, META / "test") else ["/bin/sh", "-c", "true"],
     }
     return [*fallbacks[launch.action], *launch.args]
