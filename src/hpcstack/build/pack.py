@@ -29,8 +29,9 @@ GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "i386", "armv7l": "arm
 #: The object group every data object joins (Apptainer's default group).
 GROUP = "1"
 
-# zstd level 9 packs within ~6% of the default level 15's size in a fifth of the time.
-ZSTD_LEVEL = 9
+# zstd level 6 packs hello.def's image in half the time of level 9 (2.9 s against 5.8 s
+# here) for 0.8% more bytes, still 2% under Apptainer's gzip (which takes ~10x as long).
+ZSTD_LEVEL = 6
 
 
 def mksquashfs_flags(compression: str) -> list[str]:
