@@ -140,9 +140,7 @@ def test_docker_env_is_quoted_and_path_is_set() -> None:
 
 
 def test_final_files() -> None:
-    labels, _ = layout.labels(
-        STAGE, arch="amd64", build_date="D", extra={"Extra": "from post"}
-    )
+    labels = layout.labels(STAGE, arch="amd64", build_date="D", extra={"Extra": "from post"})
     files = {f.path: f for f in layout.final_files(STAGE, deffile_text="DEF", label_map=labels)}
     assert files[".singularity.d/runscript"].content == '#!/bin/bash\n\n    echo run "$@"\n'
     assert 'export A="1 2"' in files[".singularity.d/env/90-environment.sh"].content
@@ -156,15 +154,15 @@ def test_final_files() -> None:
 
 def test_labels_in_apptainers_order() -> None:
     """Issue 12 point 2: base image's labels, then %post's, then the build's (which replace
-    both), then %labels, which only add; header keys in lower case."""
+    both), then %labels (which replace any, as apptainer build --force); header keys in
+    lower case."""
     stage = parse("Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: http://m/debian\n"
                   "%labels\n  Author me\n  Version 2\n", "x.def").final
-    labels, kept_back = layout.labels(
+    labels = layout.labels(
         stage, arch="arm64", build_date="Monday_1_June_2026_5:3:8_UTC",
         extra={"org.label-schema.build-arch": "from post", "Posted": "yes"},
-        existing={"Version": "1 (base)", "org.label-schema.build-date": "old"})
-    assert kept_back == ["Version"]
-    assert labels["Version"] == "1 (base)" and labels["Author"] == "me"
+        existing={"Version": "1 (base)", "Base": "kept", "org.label-schema.build-date": "old"})
+    assert labels["Version"] == "2" and labels["Author"] == "me" and labels["Base"] == "kept"
     assert labels["Posted"] == "yes"
     assert labels["org.label-schema.build-arch"] == "arm64"
     assert labels["org.label-schema.build-date"] == "Monday_1_June_2026_5:3:8_UTC"

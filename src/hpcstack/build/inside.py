@@ -344,10 +344,8 @@ def build_stage(plan: Plan, defn: Definition, index: int, confined: bool) -> Non
     copy_stage_files(plan, defn, stage, rootfs)
     with build_mounts(rootfs):
         post_labels = run_post(plan, stage, rootfs)
-        label_map, kept_back = layout.labels(stage, arch=plan.arch, build_date=plan.build_date,
-                                             extra=post_labels, existing=image_labels(rootfs))
-        for key in kept_back:
-            log(f"Label {key} already set by the base image or %post; not overwriting it")
+        label_map = layout.labels(stage, arch=plan.arch, build_date=plan.build_date,
+                                  extra=post_labels, existing=image_labels(rootfs))
         files = layout.final_files(stage, deffile_text=plan.text, label_map=label_map)
         if stage.runscript is None and source.runscript:
             files.append(layout.File(f"{layout.SD}/runscript", source.runscript, 0o755))

@@ -151,13 +151,14 @@ def build_date(now: datetime) -> str:
 
 
 def labels(stage: Stage, *, arch: str, build_date: str, extra: Mapping[str, str],
-           existing: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
-    """``labels.json`` in Apptainer's order, and the ``%labels`` keys it kept back.
+           existing: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``labels.json`` in Apptainer's order, keys sorted.
 
     The base image's labels, then lines ``%post`` appended to
     ``$APPTAINER_LABELS``, then the build's own labels (which replace both),
-    then ``%labels`` — which, as in Apptainer without ``--force``, add keys but
-    never replace one already there.  Header keys become
+    then ``%labels``.  Those replace a key already there, as with ``apptainer
+    build --force`` (without it Apptainer keeps the old value): an image built
+    on a base image must be able to say what it is itself.  Header keys become
     ``org.label-schema.usage.singularity.deffile.KEY`` (lower case), and
     ``org.label-schema.usage.hpcstack.version`` names the builder where
     Apptainer writes ``…usage.apptainer.version``.
@@ -175,13 +176,8 @@ def labels(stage: Stage, *, arch: str, build_date: str, extra: Mapping[str, str]
     for key, value in stage.header:
         out[f"org.label-schema.usage.singularity.deffile.{key.lower()}"] = value
     out["org.label-schema.build-arch"] = arch
-    kept_back = []
-    for key, value in stage.labels:
-        if key in out:
-            kept_back.append(key)
-        else:
-            out[key] = value
-    return dict(sorted(out.items())), kept_back
+    out.update(stage.labels)
+    return dict(sorted(out.items()))
 
 
 def labels_json(label_map: Mapping[str, str]) -> str:
