@@ -139,14 +139,14 @@ def test_launch_usage_errors(argv, message) -> None:
         launch.parse("exec", argv)
 
 
-@pytest.mark.parametrize("verb", ["exec", "run", "shell"])
+@pytest.mark.parametrize("verb", ["exec", "run", "shell", "test"])
 def test_launch_help_is_its_own(verb: str) -> None:
     proc = hpcstack(verb, "--help")
     assert proc.returncode == 0
     assert proc.stdout.startswith(f"Usage: hpcstack {verb} [OPTIONS] IMAGE")
     assert "everything after IMAGE goes to the container" in proc.stdout
     listed = hpcstack("--help").stdout
-    assert all(v in listed for v in ("exec", "run", "shell"))
+    assert all(v in listed for v in ("exec", "run", "shell", "test"))
 
 
 def test_launch_unknown_option_is_one_line() -> None:

@@ -1,4 +1,4 @@
-"""``hpcstack exec|run|shell``: options up to the image, then the command, untouched.
+"""``hpcstack exec|run|shell|test``: options up to the image, then the command, untouched.
 
 These verbs put a user's command line inside a container, so their parsing
 follows Apptainer's, not a general option parser's: options come first and
@@ -23,17 +23,19 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VERBS = ("exec", "run", "shell")
+VERBS = ("exec", "run", "shell", "test")
 
 USAGE = {
     "exec": "hpcstack exec [OPTIONS] IMAGE CMD [ARGS...]",
     "run": "hpcstack run [OPTIONS] IMAGE [ARGS...]",
     "shell": "hpcstack shell [OPTIONS] IMAGE",
+    "test": "hpcstack test [OPTIONS] IMAGE",
 }
 SUMMARY = {
     "exec": "Run a command inside an image.",
     "run": "Run an image's runscript with ARGS.",
     "shell": "An interactive shell inside an image.",
+    "test": "Run an image's %test section (passes when it has none).",
 }
 OPTIONS_HELP = """\
 Options (before IMAGE; everything after IMAGE goes to the container):

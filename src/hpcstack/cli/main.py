@@ -144,7 +144,7 @@ def build(
 
 
 # --- running ----------------------------------------------------------------------------
-# exec, run and shell parse their own command lines (hpcstack.cli.launch), the way
+# exec, run, shell and test parse their own command lines (hpcstack.cli.launch), the way
 # Apptainer does; hpcstack.cli.main() sends them there before Typer is loaded. These
 # entries only list them in `hpcstack --help` and serve callers of `app` itself.
 
@@ -162,15 +162,8 @@ def _launch_verb(action: str) -> None:
     app.command(action, context_settings=LAUNCH_CTX, add_help_option=False)(command)
 
 
-for _action in ("exec", "run", "shell"):
+for _action in ("exec", "run", "shell", "test"):
     _launch_verb(_action)
-
-
-@app.command("test", context_settings=CTX)
-def test_(ctx: typer.Context, image: Path, runtime: RuntimeOpt = None, bind: BindOpt = None,
-          nv: GpuOpt = False, rocm: RocmOpt = False) -> None:
-    """Run an image's %test section (passes when it has none), as apptainer test does."""
-    _launch("test", image, ctx.args, runtime, bind, nv, rocm)
 
 
 # --- cache ------------------------------------------------------------------------------
