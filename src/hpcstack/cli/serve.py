@@ -127,6 +127,9 @@ def run(settings: Settings) -> None:
         app = create_app(settings)
     except Exception as err:  # a bad database URL or unwritable data directory
         raise UserError(f"cannot start the service: {str(err).splitlines()[0]}") from None
-    with pidfile.held(settings.pid_path):
+    pidfile.claim(settings.pid_path)  # released by the app's shutdown
+    try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                     ws="websockets-sansio")
+    finally:
+        pidfile.release(settings.pid_path)

@@ -36,7 +36,7 @@ from hpcstack.build.job import BuildRequest, job_argv, read_result, write_reques
 from hpcstack.deffile import Definition, parse
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size, write_atomic
-from hpcstack.service import auth, db, recipes, store, uploads
+from hpcstack.service import auth, db, pidfile, recipes, store, uploads
 from hpcstack.service.config import Settings
 from hpcstack.service.executors import make_executor
 from hpcstack.service.models import (
@@ -131,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await asyncio.to_thread(svc.scheduler.shutdown)
         database.dispose()
+        pidfile.release(settings.pid_path)
 
     app = FastAPI(title="U2CB build service", version=__version__, lifespan=lifespan,
                   openapi_url=f"{API}/openapi.json", docs_url=f"{API}/docs",

@@ -7,11 +7,9 @@ re-queues the builds it was running, as systemd's ``systemctl stop`` does.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from hpcstack.errors import UserError
@@ -35,20 +33,20 @@ def read_pid(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-@contextlib.contextmanager
-def held(path: Path) -> Iterator[None]:
-    """This process's PID in ``path`` while the block runs; refused if one serves there."""
+def claim(path: Path) -> None:
+    """This process's PID in ``path``; refused while another ``hpcstack serve`` holds it."""
     other = read_pid(path)
     if other is not None and other != os.getpid() and serving(other):
         raise UserError(f"{path}: the service already runs as PID {other} "
                         "(hpcstack serve --stop ends it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, f"{os.getpid()}\n".encode())
-    try:
-        yield
-    finally:
-        if read_pid(path) == os.getpid():
-            path.unlink(missing_ok=True)
+
+
+def release(path: Path) -> None:
+    """Remove ``path`` if it still names this process (at shutdown: uvicorn ends a
+    SIGTERM by raising it again, so code after ``uvicorn.run`` never runs)."""
+    if read_pid(path) == os.getpid():
+        path.unlink(missing_ok=True)
 
 
 def stop_service(path: Path, timeout: float = 60.0) -> str:
