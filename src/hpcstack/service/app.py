@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import IntegrityError
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -37,8 +38,9 @@ from hpcstack.deffile import Definition, parse
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size, write_atomic
 from hpcstack.service import auth, db, pidfile, recipes, store, uploads
-from hpcstack.service.config import Settings
+from hpcstack.service.config import ANYONE, Settings
 from hpcstack.service.executors import make_executor
+from hpcstack.service.metrics import Metrics, RequestTimer
 from hpcstack.service.models import (
     ACTIVE,
     INPUT_ERROR,
@@ -101,6 +103,7 @@ class Service:
     db: db.Database
     scheduler: Scheduler
     open_sessions: Counter[int]  # connect sessions per UID, on this instance
+    metrics: Metrics
     pack_locks: dict[int, threading.Lock] = field(default_factory=dict)
 
     def paths(self, key: int) -> store.Paths:
@@ -121,9 +124,11 @@ def create_app(settings: Settings) -> FastAPI:
     database.create_all()
     executor = make_executor(settings.executor, settings.slurm_partition)
     sessions: Counter[int] = Counter()
+    metrics = Metrics(database, lambda: sum(sessions.values()))
     svc = Service(settings, database,
-                  Scheduler(settings, database, executor, sessions_of=sessions.__getitem__),
-                  sessions)
+                  Scheduler(settings, database, executor, sessions_of=sessions.__getitem__,
+                            metrics=metrics),
+                  sessions, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -139,6 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Unprivileged container builds: sandboxes from base images, "
                   "images from definition files, interactive fakeroot sessions.")
     app.state.svc = svc
+    app.add_middleware(RequestTimer, metrics=lambda: svc.metrics)
     clear_staging(svc)
     install_handlers(app)
     add_routes(app, svc)
@@ -317,6 +323,18 @@ def add_routes(app: FastAPI, svc: Service) -> None:
         """Liveness, with the executor and database kind (no credential needed)."""
         return Health(status="ok", version=__version__, executor=svc.settings.executor,
                       database=svc.db.dialect)
+
+    @app.get("/metrics", response_class=Response, responses={
+        **responses(403), 200: {"content": {CONTENT_TYPE_LATEST: {}}}}, tags=["service"])
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics (text format); readers per the ``metrics_readers`` setting."""
+        readers = svc.settings.metrics_readers
+        if ANYONE not in readers:
+            me = who(svc, request.headers)
+            if not me.admin and me.user not in readers:
+                raise ServiceError(403, f"{me.user} may not read the metrics "
+                                   "(setting metrics_readers)")
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(f"{API}/whoami", response_model=Identity, responses=responses(), tags=["service"])
     def whoami(me: Who) -> Identity:
@@ -574,6 +592,7 @@ def cancel_build(svc: Service, row: db.ContainerRow) -> None:
         if r is not None and r.state == State.QUEUED.value:
             r.state, r.reason, r.finished = State.CANCELLED.value, "cancelled by the user", \
                 db.now()
+            svc.metrics.ended(r.state, None, r.finished)
         elif r is not None and r.state == State.RUNNING.value:
             r.reason = CANCEL_REQUESTED  # the instance running it stops it within a tick
 
