@@ -130,3 +130,30 @@ def test_admins_restrict_who_reads_them(account: User, munge, user: User,  # noq
             assert ("u2cb_queue_length", ()) in samples(got.text)
     finally:
         svc.stop()
+
+
+def test_node_checks_at_start_and_in_deep_health(account: User, munge) -> None:  # noqa: F811
+    """The service runs ``hpcstack doctor``'s checks: broken here by naming a munged socket
+    that does not exist (the service's own setting; the machine is left alone)."""
+    svc = Service(account, munge, data_dir(account, "deep"), "--munge-socket",
+                  "/nonexistent/munge.socket").start()
+    try:
+        shallow = httpx.get(f"{svc.url}/api/v1/health").json()
+        assert shallow["status"] == "ok" and "checks" not in shallow
+        deep = httpx.get(f"{svc.url}/api/v1/health", params={"deep": 1}, timeout=60).json()
+        assert deep["status"] == "degraded"
+        by_check = {c["check"]: c for c in deep["checks"]}
+        assert by_check["munge"]["status"] == "fail"
+        assert by_check["munge"]["message"].startswith(
+            "munged does not answer at /nonexistent/munge.socket: ")
+        assert by_check["munge"]["fix"] == "systemctl enable --now munge"
+        assert by_check["subuid"]["status"] == "ok"  # the service account's own range
+        assert by_check["subuid"]["message"].startswith(f"{account.name} has ")
+        deadline = time.monotonic() + 30
+        want = "WARNING: u2cb: node check: FAIL munge: munged does not answer at " \
+               "/nonexistent/munge.socket: "
+        while want not in svc.log.read_text():
+            assert time.monotonic() < deadline, svc.log.read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        svc.stop()

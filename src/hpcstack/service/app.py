@@ -37,7 +37,7 @@ from hpcstack.build.job import BuildRequest, job_argv, read_result, write_reques
 from hpcstack.deffile import Definition, parse
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size, write_atomic
-from hpcstack.service import auth, db, pidfile, recipes, store, uploads
+from hpcstack.service import auth, db, nodecheck, pidfile, recipes, store, uploads
 from hpcstack.service.config import ANYONE, Settings
 from hpcstack.service.executors import make_executor
 from hpcstack.service.metrics import Metrics, RequestTimer
@@ -133,7 +133,9 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         svc.scheduler.start()
+        checks = asyncio.create_task(asyncio.to_thread(nodecheck.log_problems, settings))
         yield
+        checks.cancel()
         await asyncio.to_thread(svc.scheduler.shutdown)
         database.dispose()
         pidfile.release(settings.pid_path)
@@ -216,6 +218,16 @@ def owner_uid(ident: Identity, owner: str | None) -> int:
         return auth.user_uid(owner)
     except ValueError as err:
         raise ServiceError(404, str(err)) from None
+
+
+def may_read_metrics(svc: Service, request: Request) -> None:
+    """Anyone when ``metrics_readers`` holds ``*``; else those users and the admins."""
+    readers = svc.settings.metrics_readers
+    if ANYONE not in readers:
+        me = who(svc, request.headers)
+        if not me.admin and me.user not in readers:
+            raise ServiceError(403, f"{me.user} may not read the metrics "
+                               "(setting metrics_readers)")
 
 
 def need_admin(ident: Identity) -> None:
@@ -318,22 +330,27 @@ Owner = Annotated[OwnerName | None, Query(description="admins: whose containers"
 
 def add_routes(app: FastAPI, svc: Service) -> None:
 
-    @app.get(f"{API}/health", response_model=Health, tags=["service"])
-    def health() -> Health:
-        """Liveness, with the executor and database kind (no credential needed)."""
-        return Health(status="ok", version=__version__, executor=svc.settings.executor,
-                      database=svc.db.dialect)
+    @app.get(f"{API}/health", response_model=Health, response_model_exclude_none=True,
+             responses=responses(403), tags=["service"])
+    def health(request: Request, deep: Annotated[bool, Query(
+            description="also run hpcstack doctor's node checks (readers: the "
+            "metrics_readers setting)")] = False) -> Health:
+        """Liveness, with the executor and database kind (no credential needed); with
+        ``deep=1`` every node check, and ``degraded`` when one failed."""
+        health = Health(status="ok", version=__version__, executor=svc.settings.executor,
+                        database=svc.db.dialect)
+        if deep:
+            may_read_metrics(svc, request)
+            health.checks = nodecheck.node_checks(svc.settings)
+            if any(c.status == "fail" for c in health.checks):
+                health.status = "degraded"
+        return health
 
     @app.get("/metrics", response_class=Response, responses={
         **responses(403), 200: {"content": {CONTENT_TYPE_LATEST: {}}}}, tags=["service"])
     def metrics(request: Request) -> Response:
         """Prometheus metrics (text format); readers per the ``metrics_readers`` setting."""
-        readers = svc.settings.metrics_readers
-        if ANYONE not in readers:
-            me = who(svc, request.headers)
-            if not me.admin and me.user not in readers:
-                raise ServiceError(403, f"{me.user} may not read the metrics "
-                                   "(setting metrics_readers)")
+        may_read_metrics(svc, request)
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(f"{API}/whoami", response_model=Identity, responses=responses(), tags=["service"])
