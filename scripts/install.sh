@@ -40,6 +40,7 @@ PACKAGES=(
   postgresql                              # U2CB: PostgreSQL for the storage tests (SQLite is the default)
   hpcc libopenblas0-serial                # hpcstack bench: HPC Challenge with OpenBLAS (the same build goes in its image)
   ruby chromium chromium-driver           # studio tests: OOD's ERB (erb), headless Chromium for the Jupyter page
+  logrotate                               # rotates the usage records of container apps (logrotate/)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -80,6 +81,7 @@ if [ ! -e /etc/hpcstack/u2cb.yaml ]; then
   } > /etc/hpcstack/u2cb.yaml.new
   mv /etc/hpcstack/u2cb.yaml.new /etc/hpcstack/u2cb.yaml
 fi
+install -m 0644 "$HERE"/logrotate/hpcstack-usage /etc/logrotate.d/hpcstack-usage
 [ -d /run/systemd/system ] && systemctl daemon-reload
 echo "==> U2CB service: systemctl enable --now u2cb (settings: /etc/hpcstack/u2cb.yaml)"
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import HPCSTACK_PREFIX, User
+from conftest import HPCSTACK_PREFIX, REPO, User
 from hpcstack.errors import UserError
 from hpcstack.modules import parse_site
 from hpcstack.modules.render import module_for, wrapper
@@ -168,3 +169,25 @@ def test_deploy_makes_the_log_appendable_by_all_readable_by_its_owner(tmp_path: 
     log.write_text("kept\n")
     _usage_log(log, Report(), said.append)  # an existing log is left as it is
     assert log.read_text() == "kept\n"
+
+
+def test_the_shipped_logrotate_config_rotates_and_usage_still_counts(tmp_path: Path) -> None:
+    """logrotate itself, forced, on a copy of the shipped config aimed at a temporary log."""
+    if not shutil.which("logrotate"):
+        pytest.skip("logrotate missing (Debian package logrotate)")
+    log = tmp_path / "usage.log"
+    now = int(time.time())
+    write_log(log, 50, now)
+    conf = tmp_path / "hpcstack-usage"
+    conf.write_text((REPO / "logrotate" / "hpcstack-usage").read_text().replace(
+        "/var/log/hpcstack/usage.log", str(log)))
+    state = tmp_path / "state"
+    for more in (30, 20):  # rotate twice: usage.log.1, then usage.log.2.gz (delaycompress)
+        subprocess.run(["logrotate", "--force", "--state", str(state), str(conf)], check=True)
+        assert log.stat().st_mode & 0o777 == 0o622  # made again for every user to append
+        write_log(log, more, now, seed=more)
+    assert sorted(p.name for p in tmp_path.glob("usage.log*")) == [
+        "usage.log", "usage.log.1", "usage.log.2.gz"]
+    out = subprocess.run([HPCSTACK, "modules", "usage", "--log", str(log), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    assert sum(r["runs"] for r in json.loads(out)["rows"]) == 50 + 30 + 20
