@@ -99,3 +99,11 @@ def test_cli_error_is_one_line_no_traceback(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         f"hpcstack: error: {conf}:1: max_workers: Input should be a valid integer, unable to "
         "parse string as an integer"]
+
+
+def test_the_admin_guide_lists_every_setting() -> None:
+    from conftest import REPO
+
+    guide = (REPO / "docs" / "u2cb.md").read_text()
+    missing = [key for key in Settings.model_fields if f"`{key}`" not in guide]
+    assert missing == []
