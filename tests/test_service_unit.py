@@ -20,18 +20,20 @@ directory.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import HPCSTACK_PREFIX, REPO, _ensure_user
+from conftest import HPCSTACK_PREFIX, REPO, User, _ensure_user
 
 UNITS = REPO / "systemd"
 FALLBACK = REPO / "scripts" / "u2cb-fallback.sh"
@@ -94,27 +96,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Fallback:
+    """The shipped unit, copied with the two changes the module docstring names, run by
+    ``scripts/u2cb-fallback.sh`` as root."""
+
+    def __init__(self, tmp_path: Path, name: str, extra: str = "") -> None:
+        self.account = _ensure_user("u2cb")
+        self.work = self.account.home / "u2cb-test" / f"{name}-{os.getpid()}"
+        self.account.run(["rm", "-rf", str(self.work)])
+        self.account.run(["mkdir", "-p", str(self.work)], check=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings = self.work / "u2cb.yaml"
+        self.account.run(["sh", "-c", f"printf 'port: {self.port}\\ndata_dir: {self.work}/data"
+                          f"\\nlog_level: warning\\n{extra}' > {settings}"], check=True)
+        self.unit = tmp_path / "u2cb.service"
+        self.unit.write_text((UNITS / "u2cb.service").read_text().replace(
+            "ExecStart=/usr/local/bin/hpcstack", f"ExecStart={HPCSTACK_PREFIX}/bin/hpcstack")
+            + f"\n[Service]\nEnvironment=U2CB_CONFIG={settings}\n")
+        self.log = tmp_path / "u2cb.log"
+        self.env = {**os.environ, "U2CB_FALLBACK_LOG": str(self.log)}
+        host = socket.gethostname().split(".")[0]
+        self.pid_file = self.work / "data" / f"serve-{host}_{self.port}.pid"
+
+    def __call__(self, action: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(FALLBACK), action, str(self.unit)], env=self.env,
+                              capture_output=True, text=True)
+        log = self.log.read_text() if self.log.exists() else ""
+        assert proc.returncode == 0, proc.stderr + log[-2000:]
+        return proc
+
+
 def test_fallback_runs_what_the_unit_runs(tmp_path: Path) -> None:
-    account = _ensure_user("u2cb")
-    work = account.home / "u2cb-test" / f"unit-{os.getpid()}"
-    account.run(["rm", "-rf", str(work)])
-    account.run(["mkdir", "-p", str(work)], check=True)
-    port = free_port()
-    settings = work / "u2cb.yaml"
-    account.run(["sh", "-c", f"printf 'port: {port}\\ndata_dir: {work}/data\\n"
-                 f"log_level: warning\\n' > {settings}"], check=True)
-    unit = tmp_path / "u2cb.service"
-    unit.write_text((UNITS / "u2cb.service").read_text().replace(
-        "ExecStart=/usr/local/bin/hpcstack", f"ExecStart={HPCSTACK_PREFIX}/bin/hpcstack")
-        + f"\n[Service]\nEnvironment=U2CB_CONFIG={settings}\n")
-    env = {**os.environ, "U2CB_FALLBACK_LOG": str(tmp_path / "u2cb.log")}
-    started = subprocess.run([str(FALLBACK), "start", str(unit)], env=env,
-                             capture_output=True, text=True)
-    assert started.returncode == 0, started.stderr + (tmp_path / "u2cb.log").read_text()
-    pid_file = work / "data" / f"serve-{socket.gethostname().split('.')[0]}_{port}.pid"
+    fallback = Fallback(tmp_path, "unit")
+    fallback("start")
+    pid_file, port = fallback.pid_file, fallback.port
     try:
         pid = int(pid_file.read_text())
-        want = service_lines(unit)
+        want = service_lines(fallback.unit)
         pw = pwd.getpwnam(want["User"][0])
         expected_env = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name,
                         "SHELL": pw.pw_shell}
@@ -129,18 +148,14 @@ def test_fallback_runs_what_the_unit_runs(tmp_path: Path) -> None:
         assert argv[1:] == want["ExecStart"][0].split()  # argv[0]: the script's interpreter
         assert want["WorkingDirectory"] == ["~"]
         assert os.readlink(proc / "cwd") == pw.pw_dir
-        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/health").status_code == 200
+        assert httpx.get(f"{fallback.url}/api/v1/health").status_code == 200
     finally:
-        stopped = subprocess.run([str(FALLBACK), "stop", str(unit)], env=env,
-                                 capture_output=True, text=True)
-    assert stopped.returncode == 0, stopped.stderr
+        stopped = fallback("stop")
     assert stopped.stdout.startswith("stopped the service (PID ")
     assert not Path(f"/proc/{pid}").exists() or b"serve" not in \
         Path(f"/proc/{pid}/cmdline").read_bytes()
     assert not pid_file.exists()  # removed by the service on its way out
-    again = subprocess.run([str(FALLBACK), "stop", str(unit)], env=env, capture_output=True,
-                           text=True, check=True)
-    assert again.stdout.startswith("no service running")
+    assert fallback("stop").stdout.startswith("no service running")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # the port is free again: nothing left listening
         try:
@@ -150,3 +165,38 @@ def test_fallback_runs_what_the_unit_runs(tmp_path: Path) -> None:
         time.sleep(0.1)
     else:
         raise AssertionError("something still answers on the service's port")
+
+
+def test_a_build_survives_a_fallback_stop_and_start(tmp_path: Path, user: User) -> None:
+    """Stopped mid-build with ``hpcstack serve --stop``: the build is re-queued, and
+    finishes once the service is started again."""
+    from test_service import SCRATCH_DEF, Munge, build_processes, put
+
+    base = Path(tempfile.mkdtemp(prefix="u2cb-munge-"))
+    munge = Munge(base)
+    fallback = Fallback(tmp_path, "restart", f"munge_socket: {munge.socket}\\n")
+    env = {"U2CB_SERVER": fallback.url, "U2CB_MUNGE_SOCKET": munge.socket}
+    u2cb = str(HPCSTACK_PREFIX / "bin" / "u2cb")
+    try:
+        fallback("start")
+        work = user.workdir("u2cb-fallback-restart")
+        put(user, work / "data.txt", "d\n")
+        put(user, work / "slow.def", SCRATCH_DEF.format(setup="sleep 7"))
+        user.run([u2cb, "defcreate", "--detach", "-n", "slow", "-d", "slow.def"], cwd=work,
+                 env=env, check=True)
+        deadline = time.monotonic() + 60
+        while not build_processes(fallback.account, "sleep 7"):
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.2)
+        fallback("stop")
+        assert not build_processes(fallback.account, "sleep 7")  # ended with the service
+        fallback("start")
+        user.run([u2cb, "logs", "-n", "slow", "-f"], env=env, check=True, timeout=120)
+        status = json.loads(user.run([u2cb, "status", "-n", "slow", "--json"], env=env,
+                                     check=True).stdout)
+        assert (status["state"], status["attempts"]) == ("ready", 2), status
+    finally:
+        subprocess.run([str(FALLBACK), "stop", str(fallback.unit)], env=fallback.env,
+                       capture_output=True)
+        munge.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpcstack.service.config import Settings
+from hpcstack.service.settings_text import MEANING
 
-F = Settings.model_fields
+if TYPE_CHECKING:
+    from hpcstack.service.config import Settings
 
 
 def _help(key: str) -> str:
-    return f"{F[key].description} [setting {key}]"
+    return f"{MEANING[key]} [setting {key}]"
 
 
 #: The flag that sets each setting, for messages ("--workers: ...").

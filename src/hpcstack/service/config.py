@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from hpcstack.errors import UserError
+from hpcstack.service.settings_text import MEANING
 
 DEFAULT_FILE = Path("/etc/hpcstack/u2cb.yaml")
 ENV_PREFIX = "U2CB_"
@@ -58,55 +59,34 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    host: str = Field("127.0.0.1", description="Address to listen on.")
-    port: int = Field(8473, ge=1, le=65535, description="TCP port.")
+    host: str = Field("127.0.0.1", description=MEANING["host"])
+    port: int = Field(8473, ge=1, le=65535, description=MEANING["port"])
     data_dir: Path = Field(default_factory=default_data_dir,
-                           description="Records, images, logs and build caches (mode 0700); "
-                           "default ~/.local/share/u2cb of the service account.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL, e.g. "
-                                     "postgresql+psycopg://u2cb@/u2cb; default SQLite (WAL) "
-                                     "in the data directory.")
-    munge_socket: str | None = Field(None, description="munged's socket; default munged's.")
-    admin_users: list[str] = Field(["root"], description="User names with admin rights "
-                                   "(root always).")
-    executor: Literal["local", "slurm"] = Field("local", description="local | slurm: "
-                                                "every build an sbatch job.")
-    slurm_partition: str | None = Field(None, description="The Slurm partition for builds.")
-    max_workers: int = Field(2, ge=1, description="Builds at once, all users.")
-    max_builds_per_user: int = Field(1, ge=1, description="Builds (and connect sessions) "
-                                     "at once per user.")
-    build_time_limit: float = Field(3600.0, gt=0, description="Seconds a build may run.")
-    quota_bytes: int = Field(20 * 2**30, ge=0, description="Bytes each user may store.")
-    max_upload_bytes: int = Field(256 * 2**20, ge=1, description="Bytes one defcreate "
-                                  "request body may have.")
-    max_attempts: int = Field(2, ge=1, description="Runs of a build interrupted by a "
-                              "restart before it is failed.")
-    docker_cert_dir: str | None = Field(None, description="CA certificate directory for "
-                                        "the site's registry (docker:// bases).")
-    build_network: bool = Field(True, description="User-mode network (pasta; the host's "
-                                "loopback unreachable) for builds and sessions, or none.")
-    build_loopback_ports: list[int] = Field([], description="TCP ports on the host's "
-                                            "loopback builds may reach, e.g. a registry "
-                                            "mirror.")
-    build_log_bytes: int = Field(16 * 2**20, ge=1024, description="Bytes of a build's log "
-                                 "kept; the rest is cut with a marker.")
-    session_idle_limit: float = Field(1800.0, gt=0, description="Seconds a connect session "
-                                      "may go without input.")
-    session_time_limit: float = Field(8 * 3600.0, gt=0, description="Seconds a connect "
-                                      "session may last.")
+                           description=MEANING["data_dir"])
+    database_url: str | None = Field(None, description=MEANING["database_url"])
+    munge_socket: str | None = Field(None, description=MEANING["munge_socket"])
+    admin_users: list[str] = Field(["root"], description=MEANING["admin_users"])
+    executor: Literal["local", "slurm"] = Field("local", description=MEANING["executor"])
+    slurm_partition: str | None = Field(None, description=MEANING["slurm_partition"])
+    max_workers: int = Field(2, ge=1, description=MEANING["max_workers"])
+    max_builds_per_user: int = Field(1, ge=1, description=MEANING["max_builds_per_user"])
+    build_time_limit: float = Field(3600.0, gt=0, description=MEANING["build_time_limit"])
+    quota_bytes: int = Field(20 * 2**30, ge=0, description=MEANING["quota_bytes"])
+    max_upload_bytes: int = Field(256 * 2**20, ge=1, description=MEANING["max_upload_bytes"])
+    max_attempts: int = Field(2, ge=1, description=MEANING["max_attempts"])
+    docker_cert_dir: str | None = Field(None, description=MEANING["docker_cert_dir"])
+    build_network: bool = Field(True, description=MEANING["build_network"])
+    build_loopback_ports: list[int] = Field([], description=MEANING["build_loopback_ports"])
+    build_log_bytes: int = Field(16 * 2**20, ge=1024, description=MEANING["build_log_bytes"])
+    session_idle_limit: float = Field(1800.0, gt=0, description=MEANING["session_idle_limit"])
+    session_time_limit: float = Field(8 * 3600.0, gt=0, description=MEANING["session_time_limit"])
     instance: str | None = Field(None, max_length=48, pattern=r"^[A-Za-z0-9._:-]+$",
-                                 description="This instance's name among several on one "
-                                 "database; default HOST:PORT.")
-    poll_interval: float = Field(0.5, gt=0, le=60, description="Seconds between the "
-                                 "scheduler's rounds.")
-    metrics_readers: list[str] = Field([ANYONE], description="Who may read GET /metrics: "
-                                       "'*' anyone (no credential), else these user names "
-                                       "and the admins.")
-    pid_file: Path | None = Field(None, description="Where serve writes its PID (serve "
-                                  "--stop reads it); default serve-INSTANCE.pid in the "
-                                  "data directory.")
+                                 description=MEANING["instance"])
+    poll_interval: float = Field(0.5, gt=0, le=60, description=MEANING["poll_interval"])
+    metrics_readers: list[str] = Field([ANYONE], description=MEANING["metrics_readers"])
+    pid_file: Path | None = Field(None, description=MEANING["pid_file"])
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="debug | info | warning | error")
+        "info", description=MEANING["log_level"])
 
     @field_validator("admin_users")
     @classmethod
