@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def _help(key: str) -> str:
-    return f"{MEANING[key]} [setting {key}]"
+    return f"{MEANING[key]} (setting {key})"
 
 
 #: The flag that sets each setting, for messages ("--workers: ...").
