@@ -24,7 +24,7 @@ from conftest import REPO, User
 from hpcstack.doctor import Inputs, Status, logic, run_checks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes device nodes (mknod)")
-TOOLS = ("squashfuse", "unsquashfs", "mksquashfs", "siftool", "ch-run", "newuidmap",
+TOOLS = ("unshare", "squashfuse", "unsquashfs", "mksquashfs", "siftool", "ch-run", "newuidmap",
          "newgidmap", "munge", "unmunge", "srun", "mpirun")
 
 
@@ -155,6 +155,13 @@ def test_each_check_broken_alone_gives_its_own_line(tmp_path: Path, healthy: Inp
         found = found[:1]
     assert len(found) == 1, found
     assert fnmatch.fnmatchcase(found[0], line), f"{found[0]}\n!=\n{line}"
+
+
+def test_an_unshare_without_map_auto() -> None:
+    found = logic.tool_finding("unshare", "/usr/bin/unshare", "unshare from util-linux 2.36.1",
+                               "util-linux", "2.38")
+    assert found.line() == ("FAIL unshare: /usr/bin/unshare is 2.36.1, 2.38 or later needed; "
+                            "fix: apt-get install util-linux (from a release that has 2.38)")
 
 
 def test_launchers_against_what_slurm_lists() -> None:

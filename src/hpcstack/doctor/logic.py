@@ -169,10 +169,19 @@ def version_of(output: str) -> str | None:
     return m.group(1) if m else None
 
 
-def tool_finding(name: str, path: str | None, output: str, package: str) -> Finding:
+def _parts(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def tool_finding(name: str, path: str | None, output: str, package: str,
+                 minimum: str | None = None) -> Finding:
+    """Found on PATH, and at ``minimum`` when one is needed (``unshare --map-auto``)."""
     if path is None:
         return Finding(name, Status.FAIL, "not found on PATH", f"apt-get install {package}")
     version = version_of(output)
+    if minimum and version and _parts(version) < _parts(minimum):
+        return Finding(name, Status.FAIL, f"{path} is {version}, {minimum} or later needed",
+                       f"apt-get install {package} (from a release that has {minimum})")
     return ok(name, f"{path} {version or '(version not reported)'}")
 
 

@@ -54,7 +54,8 @@ class Inputs:
     cache_dir: Path = field(default_factory=_cache_dir)
     cache_variable: str = "HPCSTACK_CACHEDIR"
     min_free: int = 2 * GiB
-    runtime_env: dict[str, str] = field(default_factory=dict)
+    runtime_env: dict[str, str] = field(default_factory=lambda: {
+        k: v for k, v in os.environ.items() if k == "HPCSTACK_RUNTIME"})
 
     def which(self, name: str) -> str | None:
         return shutil.which(name, path=self.path)
@@ -132,13 +133,15 @@ def devices(i: Inputs) -> list[Finding]:
 
 def tools(i: Inputs) -> list[Finding]:
     found = []
-    for name, argv, package in (("squashfuse", ["squashfuse", "--version"], "squashfuse"),
-                                ("unsquashfs", ["unsquashfs", "-version"], "squashfs-tools"),
-                                ("mksquashfs", ["mksquashfs", "-version"], "squashfs-tools"),
-                                ("siftool", ["siftool", "version"], "siftool")):
+    for name, argv, package, minimum in (
+            ("unshare", ["unshare", "--version"], "util-linux", "2.38"),  # --map-auto
+            ("squashfuse", ["squashfuse", "--version"], "squashfuse", None),
+            ("unsquashfs", ["unsquashfs", "-version"], "squashfs-tools", None),
+            ("mksquashfs", ["mksquashfs", "-version"], "squashfs-tools", None),
+            ("siftool", ["siftool", "version"], "siftool", None)):
         proc = i.run(argv)
         out = (proc.stdout + proc.stderr).decode(errors="replace") if proc else ""
-        found.append(logic.tool_finding(name, i.which(name), out, package))
+        found.append(logic.tool_finding(name, i.which(name), out, package, minimum))
     return found
 
 
