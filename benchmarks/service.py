@@ -38,7 +38,8 @@ from pathlib import Path
 
 import httpx
 
-from hpcstack.client.api import Client, ClientConfig
+from hpcstack.client.api import Client
+from hpcstack.client.config import ClientConfig
 from hpcstack.client.transfer import download
 from hpcstack.files import sha256_file
 from hpcstack.service import auth, db, store

@@ -77,6 +77,18 @@ def test_exec_passes_exit_status(user: User, hello: Path) -> None:
     assert user.hpcstack("exec", str(hello), "sh", "-c", "exit 7").returncode == 7
 
 
+def test_exec_leaves_the_command_line_alone(user: User, hello: Path) -> None:
+    """Options end at the image, as in Apptainer: the command's -h, -B and -- are its own."""
+    words = ["-B/tmp", "-h", "--help", "-xh", "-nohttpd", "--nv", "--", "x"]
+    proc = user.hpcstack("exec", str(hello), "echo", *words, check=True)
+    assert proc.stdout.split() == words
+    data = user.workdir("exec-bind")
+    put(user, data / "note.txt", "bound\n")
+    proc = user.hpcstack("exec", f"-B{data}:/data:ro", "--", str(hello), "cat", "/data/note.txt",
+                         check=True)
+    assert proc.stdout == "bound\n"
+
+
 def test_sif_layout(hello: Path) -> None:
     listing = subprocess.run(
         ["siftool", "list", str(hello)], capture_output=True, text=True, check=True
@@ -88,6 +100,7 @@ def test_sif_layout(hello: Path) -> None:
         assert fh.read(31) == b"#!/usr/bin/env run-singularity\n"
     sif = read_sif(hello)
     assert sif.deffile() == HELLO_DEF.read_text()
+    assert {d.group for d in sif.descriptors} == {1}  # every object in Apptainer's group 1
 
 
 def test_root_owned_files_stay_uid_0(hello: Path) -> None:

@@ -115,7 +115,9 @@ def test_sif_assembly_commands(tmp_path: Path) -> None:
         tmp_path / "o.sif", tmp_path / "d", tmp_path / "l.json", tmp_path / "s.sqfs", "arm64"
     )
     assert argvs[0] == ["siftool", "new", str(tmp_path / "o.sif")]
-    assert argvs[1][:4] == ["siftool", "add", "--datatype", "1"]
+    assert argvs[1][:6] == ["siftool", "add", "--groupid", "1", "--datatype", "1"]
+    # Apptainer's sign/verify work group by group: every object joins group 1, as in its SIFs.
+    assert all(a[a.index("--groupid") + 1] == "1" for a in argvs[1:])
     assert "--filename" in argvs[2] and "labels.json" in argvs[2]
     assert argvs[3][argvs[3].index("--partarch") + 1] == "4"
     assert argvs[3][argvs[3].index("--parttype") + 1] == "2"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcstack.client import api
+from hpcstack.client import api, config, quick
 from hpcstack.client.main import uploads_for
 from hpcstack.client.prompt import PROMPT, Prompt
 from hpcstack.errors import UserError
@@ -17,18 +17,18 @@ def test_server_from_flag_env_config_default(tmp_path: Path,
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.delenv("U2CB_SERVER", raising=False)
     monkeypatch.delenv("U2CB_TOKEN", raising=False)
-    monkeypatch.setattr(api, "config_files", lambda: [tmp_path / "u2cb" / "config.yaml"])
-    assert api.load_config().server == api.DEFAULT_SERVER
+    monkeypatch.setattr(config, "config_files", lambda: [tmp_path / "u2cb" / "config.yaml"])
+    assert config.load_config().server == config.DEFAULT_SERVER
     (tmp_path / "u2cb").mkdir()
     (tmp_path / "u2cb" / "config.yaml").write_text("server: http://cfg:1/\ntoken: t0\n")
-    cfg = api.load_config()
+    cfg = config.load_config()
     assert (cfg.server, cfg.token) == ("http://cfg:1", "t0")
     monkeypatch.setenv("U2CB_SERVER", "http://env:2")
-    assert api.load_config().server == "http://env:2"
-    assert api.load_config("http://flag:3").server == "http://flag:3"
+    assert config.load_config().server == "http://env:2"
+    assert config.load_config("http://flag:3").server == "http://flag:3"
     (tmp_path / "u2cb" / "config.yaml").write_text("- not a mapping\n")
     with pytest.raises(UserError, match="expected a mapping"):
-        api.load_config()
+        config.load_config()
 
 
 def test_uploads_are_the_files_section_relative_to_the_definition(tmp_path: Path) -> None:
@@ -68,3 +68,30 @@ def test_server_errors_become_one_line() -> None:
     resp = httpx.Response(502, text="<html>", request=httpx.Request("GET", "http://x"))
     with pytest.raises(UserError, match="answered 502"):
         api.check(resp)
+
+
+@pytest.mark.parametrize("argv, query", [
+    (["list"], quick.ListQuery()),
+    (["list", "def", "--json"], quick.ListQuery(kind="def", as_json=True)),
+    (["--server", "http://h:1", "list", "img", "--all"],
+     quick.ListQuery("http://h:1", "img", all_users=True)),
+    (["-s", "http://h:1", "--server=http://h:2", "list"], quick.ListQuery("http://h:2")),
+    # Anything else is the full CLI's: other verbs, help, unknown words, a bad kind.
+    (["status", "-n", "x"], None), (["list", "--help"], None), (["list", "bogus"], None),
+    (["list", "def", "img"], None), (["--server"], None), ([], None),
+])
+def test_quick_list_takes_only_plain_list_command_lines(argv, query) -> None:
+    assert quick.parse(argv) == query
+
+
+def test_quick_list_table_is_plain_and_aligned() -> None:
+    rows = [{"name": "a", "kind": "def", "state": "ready", "size": 1536, "source": "x.def",
+             "created": "2026-11-30T05:00:01.123+00:00", "owner": "ann"},
+            {"name": "longer", "kind": "img", "state": "failed", "size": None,
+             "source": "docker://r/debian", "created": "2026-11-30T06:00:00", "owner": "bob"}]
+    text = quick.plain_table((*quick.COLUMNS, "owner"), quick.table_rows(rows, True))
+    assert text.splitlines() == [
+        "name    kind  state   size     source             created              owner",
+        "a       def   ready   1.5 KiB  x.def              2026-11-30 05:00:01  ann",
+        "longer  img   failed  -        docker://r/debian  2026-11-30 06:00:00  bob",
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from hpcstack.modules import parse_site
 from hpcstack.modules.config import App, Site
 from hpcstack.modules.render import (
     ImageFacts,
+    Layout,
     discover,
     lua_default,
     lua_modulefile,
@@ -251,3 +253,30 @@ def test_mpich_apps_get_ucx_named_shared_memory() -> None:
     s = site()
     assert container_env(_app(mpi="mpich"), s)["UCX_POSIX_USE_PROC_LINK"] == "n"
     assert "UCX_POSIX_USE_PROC_LINK" not in container_env(_app(mpi="openmpi"), s)
+
+
+def test_a_users_site_takes_the_centers_runtime_settings(tmp_path: Path) -> None:
+    from hpcstack.modules import personal
+
+    center = parse_site("root: /opt/site\nruntime: apptainer\nbinds: [/lustre]\n"
+                        "env: {SITE: x}\nmodule_system: lmod\n")
+    site = personal.user_site(center, home=tmp_path)
+    assert (site.runtime, site.binds, site.env, site.module_system) == (
+        "apptainer", ["/lustre"], {"SITE": "x"}, "lmod")
+    assert site.root == str(tmp_path / "user") and site.apps == []
+    layout = Layout.of(site)
+    assert layout.lmod == layout.tcl == str(tmp_path / "modules")
+    assert personal.user_site(None, home=tmp_path).runtime == "charliecloud"
+    assert personal.data_home({"XDG_DATA_HOME": "/x"}) == Path("/x/hpcstack")
+    assert personal.data_home({"HOME": "/h"}) == Path("/h/.local/share/hpcstack")
+    assert personal.data_home({"HOME": "/h", "XDG_DATA_HOME": "rel"}) == \
+        Path("/h/.local/share/hpcstack")  # XDG: a relative path is ignored
+
+
+def test_a_users_apps_file_with_a_bad_entry_is_one_line(tmp_path: Path) -> None:
+    from hpcstack.modules import personal
+
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "modules.yaml").write_text("apps:\n  - {name: x, version: latest}\n")
+    with pytest.raises(UserError, match=r"modules.yaml: apps\[0\].image"):
+        personal.user_site(None, home=tmp_path)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -296,6 +297,26 @@ def test_create_list_and_status(service: Service, user: User, box: str) -> None:
     assert "box" in table and "ready" in table
     log = service.u2cb(user, "logs", "-n", "box", check=True).stdout
     assert "u2cb: build of box started" in log
+
+
+def test_quick_list_answers_like_the_full_cli(service: Service, user: User, box: str) -> None:
+    """`u2cb list` into a pipe skips Typer, Rich and httpx (hpcstack.client.quick); what it
+    prints, and its errors, are the full CLI's."""
+    def full(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        code = ("import sys; from hpcstack.client.main import run_verb; "
+                f"sys.exit(run_verb({list(args)!r}))")
+        return user.run([str(HPCSTACK_PREFIX / "bin" / "python"), "-c", code],
+                        env={**service.client_env(), **env})
+
+    for args in (["list"], ["list", "img"], ["list", "--json"]):
+        fast = service.u2cb(user, *args, check=True).stdout
+        assert fast == full(*args).stdout and box in fast, args
+    down = ["--server", "http://127.0.0.1:9", "list"]
+    assert one_line_error(service.u2cb(user, *down)).startswith(
+        "cannot reach the build service at http://127.0.0.1:9")
+    assert one_line_error(full(*down)).startswith("cannot reach the build service at")
+    forged = user.run([U2CB, "list"], env={**service.client_env(), "U2CB_TOKEN": "forged"})
+    assert one_line_error(forged) == one_line_error(full("list", U2CB_TOKEN="forged"))
 
 
 def test_connect_root_shell_apt_and_exit_status(service: Service, user: User,
@@ -653,3 +674,89 @@ def test_two_instances_on_one_postgresql(account: User, munge: Munge, user: User
     finally:
         for svc in pair.values():
             svc.stop()
+
+
+# --- a user's own image as a module -----------------------------------------------------
+
+TOOL_DEF = """\
+Bootstrap: docker
+From: {registry}/debian:bookworm
+
+%files
+    mytool /usr/local/bin/mytool
+
+%post
+    chmod 755 /usr/local/bin/mytool
+"""
+TOOL = """\
+#!/bin/sh
+echo "mytool {version} $1 rank ${{SLURM_PROCID:-none}} in $(cat /etc/debian_version)"
+"""
+LMOD_INIT = "/usr/share/lmod/lmod/init/bash"
+MODULE_JOB = """\
+#!/bin/bash
+#SBATCH -n 2
+#SBATCH -o job.out
+module use ~/.local/share/hpcstack/modules
+module load mytools
+srun mytool hello
+"""
+
+
+def build_tool(service: Service, user: User, registry, work: Path, version: str) -> None:  # noqa: F811
+    put(user, work / "mytool", TOOL.format(version=version))
+    put(user, work / "tools.def", TOOL_DEF.format(registry=registry["host"]))
+    proc = service.u2cb(user, "defcreate", "-n", "mytools", "-d", "tools.def", cwd=work,
+                        timeout=600)
+    assert proc.returncode == 0, proc.stderr + service.log.read_text()[-2000:]
+
+
+def in_module_shell(user: User, script: str) -> subprocess.CompletedProcess[str]:
+    return user.run(["bash", "-c", f"source {LMOD_INIT}\n{script}"])
+
+
+def test_users_image_as_a_module_under_slurm(service: Service, user: User, registry,  # noqa: F811
+                                             cluster) -> None:
+    from hpcstack.scheduler import submit, wait
+
+    work = user.workdir("u2cb-module")
+    modules = user.home / ".local/share/hpcstack/modules"
+    service.u2cb(user, "module", "--remove", "-n", "mytools")  # a previous run's
+    service.u2cb(user, "delete", "-n", "mytools")
+    build_tool(service, user, registry, work, "v1")
+    proc = service.u2cb(user, "module", "-n", "mytools", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert f"module use {modules}; module load mytools" in proc.stderr
+    assert (modules / "mytools" / "latest.lua").is_file()  # Lmod
+    assert (modules / "mytools" / "latest").read_text().startswith("#%Module")  # Tcl
+
+    # The user's job script, unchanged from what they would write for a center module.
+    put(user, work / "job.sh", MODULE_JOB)
+    job = submit(work / "job.sh", cwd=work, run=lambda argv: in_module_shell(
+        user, f"cd {work} && SLURM_CONF={cluster.conf} {shlex.join(argv)}"))
+    result = wait(job, timeout=300, run=lambda argv: user.run(argv, env=cluster.env))
+    out = (work / "job.out").read_text() if (work / "job.out").exists() else ""
+    assert result.ok, f"{result.state}\n{out}\n{cluster.logs()}"
+    lines = out.strip().splitlines()
+    assert sorted(line.split(" in ")[0] for line in lines) == [
+        "mytool v1 hello rank 0", "mytool v1 hello rank 1"], out
+    assert all(line.split(" in ")[1].startswith("12.") for line in lines), out  # the image's
+
+    # A rebuilt image refreshes its module.
+    service.u2cb(user, "delete", "-n", "mytools", check=True)
+    build_tool(service, user, registry, work, "v2")
+    load = "module use ~/.local/share/hpcstack/modules && module load mytools && mytool again"
+    assert in_module_shell(user, load).stdout.startswith("mytool v2 again rank none")
+
+    # Bad input: one line each, nothing changed.
+    assert one_line_error(service.u2cb(user, "module", "-n", "nosuch")) == \
+        "nosuch: no such container"
+    err = one_line_error(service.u2cb(user, "module", "-n", "mytools", "--commands", "a;rm"))
+    assert err.startswith("--commands: 'a;rm' is not a command name"), err
+    assert in_module_shell(user, load).returncode == 0
+
+    service.u2cb(user, "module", "--remove", "-n", "mytools", check=True)
+    assert not (modules / "mytools").exists()
+    assert in_module_shell(user, load).returncode != 0
+    assert one_line_error(service.u2cb(user, "module", "--remove", "-n", "mytools")) == \
+        "mytools: you have no module of that name"

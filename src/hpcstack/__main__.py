@@ -1,5 +1,5 @@
 """``python -m hpcstack`` is the ``hpcstack`` command."""
 
-from hpcstack.cli.main import main
+from hpcstack.cli import main
 
 main()

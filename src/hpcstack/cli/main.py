@@ -24,8 +24,8 @@ from hpcstack.cli.catalog import app as catalog_app
 from hpcstack.cli.doctor import doctor
 from hpcstack.cli.modules import app as modules_app
 from hpcstack.cli.serve import serve
+from hpcstack.cli.sign import sign, verify
 from hpcstack.cli.studio import app as studio_app
-from hpcstack.entry import run_app
 from hpcstack.errors import UserError
 
 app = typer.Typer(help="Run an HPC center's software stack in containers.",
@@ -41,6 +41,8 @@ app.add_typer(catalog_app, name="catalog")
 app.command("bench")(bench)
 app.command("doctor")(doctor)
 app.add_typer(studio_app, name="studio")
+app.command("sign")(sign)
+app.command("verify")(verify)
 
 out = Console()
 err = Console(stderr=True)
@@ -134,48 +136,26 @@ def build(
 
 
 # --- running ----------------------------------------------------------------------------
+# exec, run and shell parse their own command lines (hpcstack.cli.launch), the way
+# Apptainer does; hpcstack.cli.main() sends them there before Typer is loaded. These
+# entries only list them in `hpcstack --help` and serve callers of `app` itself.
 
-RuntimeOpt = Annotated[str | None, typer.Option(
-    "--runtime", help="charliecloud | apptainer | singularity (default: config)")]
-BindOpt = Annotated[list[str] | None, typer.Option("--bind", "-B", help="SRC[:DST[:ro]]")]
-GpuOpt = Annotated[bool, typer.Option("--nv", help="NVIDIA GPUs")]
-RocmOpt = Annotated[bool, typer.Option("--rocm", help="AMD GPUs")]
-
-
-def _launch(action: str, image: Path, args: list[str], runtime: str | None,
-            bind: list[str] | None, nv: bool, rocm: bool) -> None:
-    from hpcstack.runtime import Launch, execute
-
-    if not image.exists():
-        raise UserError(f"{image}: no such image")
-    gpu = "nvidia" if nv else "amd" if rocm else None
-    execute(Launch(action, image, args, binds=bind or [], gpu=gpu), runtime)
+LAUNCH_CTX = {"allow_extra_args": True, "ignore_unknown_options": True,
+              "help_option_names": []}
 
 
-CTX = {"allow_extra_args": True, "ignore_unknown_options": True}
+def _launch_verb(action: str) -> None:
+    from hpcstack.cli import launch
+
+    def command(ctx: typer.Context) -> None:
+        raise typer.Exit(launch.main(action, ctx.args))
+
+    command.__doc__ = f"{launch.SUMMARY[action]} {launch.USAGE[action]}"
+    app.command(action, context_settings=LAUNCH_CTX, add_help_option=False)(command)
 
 
-@app.command("exec", context_settings=CTX)
-def exec_(ctx: typer.Context, image: Path, runtime: RuntimeOpt = None, bind: BindOpt = None,
-          nv: GpuOpt = False, rocm: RocmOpt = False) -> None:
-    """Run a command inside an image: hpcstack exec IMAGE CMD [ARGS...]."""
-    if not ctx.args:
-        raise UserError("exec: no command given (hpcstack exec IMAGE CMD [ARGS...])")
-    _launch("exec", image, ctx.args, runtime, bind, nv, rocm)
-
-
-@app.command(context_settings=CTX)
-def run(ctx: typer.Context, image: Path, runtime: RuntimeOpt = None, bind: BindOpt = None,
-        nv: GpuOpt = False, rocm: RocmOpt = False) -> None:
-    """Run an image's runscript with ARGS."""
-    _launch("run", image, ctx.args, runtime, bind, nv, rocm)
-
-
-@app.command(context_settings=CTX)
-def shell(ctx: typer.Context, image: Path, runtime: RuntimeOpt = None, bind: BindOpt = None,
-          nv: GpuOpt = False, rocm: RocmOpt = False) -> None:
-    """An interactive shell inside an image."""
-    _launch("shell", image, ctx.args, runtime, bind, nv, rocm)
+for _action in ("exec", "run", "shell"):
+    _launch_verb(_action)
 
 
 # --- cache ------------------------------------------------------------------------------
@@ -222,7 +202,3 @@ def cache_prune(
     for path in prune_workdirs():
         err.print(f"Removed {path}, left by a build that was killed", soft_wrap=True)
 
-
-def main() -> None:
-    """Entry point of ``hpcstack``."""
-    sys.exit(run_app(app, "hpcstack"))

@@ -35,6 +35,7 @@ FLAGS = {"host": "--host", "port": "--port", "data_dir": "--data-dir",
          "build_log_bytes": "--build-log-limit", "session_idle_limit": "--session-idle-limit",
          "session_time_limit": "--session-time-limit", "instance": "--instance",
          "metrics_readers": "--metrics-reader", "pid_file": "--pid-file",
+         "sign_key": "--sign-key", "sign_key_fingerprint": "--sign-key-fingerprint",
          "log_level": "--log-level"}
 
 
@@ -81,6 +82,9 @@ def serve(
     metrics_reader: Annotated[list[str] | None, typer.Option(
         "--metrics-reader", help=_help("metrics_readers") + " (repeatable)")] = None,
     pid_file: Annotated[Path | None, typer.Option(help=_help("pid_file"))] = None,
+    sign_key: Annotated[Path | None, typer.Option(help=_help("sign_key"))] = None,
+    sign_key_fingerprint: Annotated[str | None, typer.Option(
+        help=_help("sign_key_fingerprint"))] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
 ) -> None:
     """Run the U2CB build service (REST API under /api/v1, OpenAPI at /api/v1/docs).
@@ -100,6 +104,7 @@ def serve(
              "build_log_bytes": build_log_limit, "session_idle_limit": session_idle_limit,
              "session_time_limit": session_time_limit, "instance": instance,
              "metrics_readers": metrics_reader or None, "pid_file": pid_file,
+             "sign_key": sign_key, "sign_key_fingerprint": sign_key_fingerprint,
              "log_level": log_level}
     loaded = cfg.load(config=config, flags=flags, flag_names=FLAGS)
     if print_config:

@@ -1,4 +1,4 @@
-"""Talking to the service: where it is, who we are, and its one-line errors.
+"""Talking to the service over HTTP, and its one-line errors.
 
 Every request carries a fresh MUNGE credential (``munge -n``), or an API token
 when one is configured, so the service keeps no session.
@@ -7,64 +7,12 @@ when one is configured, so the service keeps no session.
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import yaml
 
+from hpcstack.client.config import API, ClientConfig, auth_headers
 from hpcstack.errors import UserError
-
-DEFAULT_SERVER = "http://127.0.0.1:8473"
-API = "/api/v1"
-MUNGE_HEADER = "X-Munge-Credential"
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    server: str
-    token: str | None = None
-    munge_socket: str | None = None
-
-
-def config_files() -> list[Path]:
-    home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return [Path(home) / "u2cb" / "config.yaml", Path("/etc/u2cb/config.yaml")]
-
-
-def load_config(server: str | None = None) -> ClientConfig:
-    """``--server``, then ``U2CB_SERVER``, then the first config file, then the default."""
-    data: dict = {}
-    for path in config_files():
-        if path.is_file():
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise UserError(f"{path}: cannot read: {str(err).splitlines()[0]}") from None
-            if not isinstance(data, dict):
-                raise UserError(f"{path}: expected a mapping (server:, token:, munge_socket:)")
-            break
-    return ClientConfig(
-        server=(server or os.environ.get("U2CB_SERVER") or data.get("server")
-                or DEFAULT_SERVER).rstrip("/"),
-        token=os.environ.get("U2CB_TOKEN") or data.get("token"),
-        munge_socket=os.environ.get("U2CB_MUNGE_SOCKET") or data.get("munge_socket"))
-
-
-def munge_credential(socket: str | None) -> str:
-    argv = ["munge", "--no-input"]
-    if socket:
-        argv.append(f"--socket={socket}")
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except FileNotFoundError:
-        raise UserError("munge not found: install munge, or set U2CB_TOKEN") from None
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        raise UserError(f"munge: {last}")
-    return proc.stdout.strip()
 
 
 class Client:
@@ -75,9 +23,7 @@ class Client:
         self.http = httpx.Client(base_url=config.server + API, timeout=timeout)
 
     def auth_headers(self) -> dict[str, str]:
-        if self.config.token:
-            return {"Authorization": f"Bearer {self.config.token}"}
-        return {MUNGE_HEADER: munge_credential(self.config.munge_socket)}
+        return auth_headers(self.config)
 
     def request(self, method: str, path: str, **kw) -> httpx.Response:
         headers = {**kw.pop("headers", {}), **self.auth_headers()}

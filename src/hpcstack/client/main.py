@@ -18,7 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hpcstack.client.api import Client, load_config
+from hpcstack.client import quick
+from hpcstack.client.api import Client
+from hpcstack.client.config import load_config
 from hpcstack.entry import run_app
 from hpcstack.errors import UserError
 from hpcstack.service.models import name_problem
@@ -100,6 +102,8 @@ def create(name: NameOpt, base: Annotated[str, typer.Option(
     if not detach:
         wait_for(c, name, verbose)
     err.print(f"{name}: {'queued' if detach else 'ready'}")
+    if not detach:
+        refresh_module(c, name)
 
 
 def read_definition(deffile: Path) -> str:
@@ -191,20 +195,11 @@ def defcreate(name: NameOpt, deffile: Annotated[Path, typer.Option(
     if not detach:
         wait_for(c, name, verbose)
     err.print(f"{name}: {'queued' if detach else 'ready'}")
+    if not detach:
+        refresh_module(c, name)
 
 
 # --- looking ---------------------------------------------------------------------------
-
-
-def human(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 @app.command("list")
@@ -219,11 +214,14 @@ def list_(what: Annotated[str | None, typer.Argument(help="def | img")] = None,
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("name", "kind", "state", "size", "source", "created",
-                  *(["owner"] if all_users else []))
-    for r in rows:
-        table.add_row(r["name"], r["kind"], r["state"], human(r.get("size")), r["source"],
-                      r["created"][:19].replace("T", " "), *([r["owner"]] if all_users else []))
+    header = quick.COLUMNS + (("owner",) if all_users else ())
+    cells = quick.table_rows(rows, all_users)
+    if not out.is_terminal:
+        sys.stdout.write(quick.plain_table(header, cells))
+        return
+    table = Table(*header)
+    for row in cells:
+        table.add_row(*row)
     out.print(table)
 
 
@@ -300,7 +298,77 @@ def download(name: NameOpt, output: Annotated[Path | None, typer.Option(
     from hpcstack.client.transfer import download as fetch
 
     art = fetch(client(), valid(name), output or Path(f"{name}.sif"), quiet)
-    err.print(f"{name}: saved {art['path']} ({human(art['size'])}, sha256 {art['sha256'][:12]}…)")
+    err.print(f"{name}: saved {art['path']} ({quick.human(art['size'])}, "
+              f"sha256 {art['sha256'][:12]}…)")
+
+
+# --- your images as modules -------------------------------------------------------------
+
+CenterSiteOpt = Annotated[Path, typer.Option(
+    "--site", envvar="HPCSTACK_MODULES_SITE",
+    help="The center's modules site file: your modules run with its runtime settings.")]
+CENTER_SITE = Path("/etc/hpcstack/modules.yaml")
+
+
+def my_modules(site: Path | None = None):  # type: ignore[no-untyped-def]
+    from hpcstack.modules import load_site
+    from hpcstack.modules.personal import user_site
+
+    site = site or Path(os.environ.get("HPCSTACK_MODULES_SITE") or CENTER_SITE)
+    return user_site(load_site(site) if site.is_file() else None)
+
+
+def make_module(c: Client, name: str, commands: list[str] | None, site_file: Path | None,
+                quiet: bool = False) -> None:
+    """Download NAME (checksum-checked) and deploy it as the module NAME/latest."""
+    from hpcstack.client.transfer import download as fetch
+    from hpcstack.modules import personal
+
+    info = c.status(name)
+    if info["state"] != "ready":
+        raise UserError(f"{name}: {info['state']}; a module is made from a ready container")
+    mine = my_modules(site_file)
+    target = personal.source_of(mine, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fetch(c, name, target, quiet)
+    report = personal.add(mine, name, target, commands)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", soft_wrap=True)
+    [done] = report.deployed
+    modulepath = mine.modulepath
+    err.print(f"{name}: module {done.module} with {', '.join(done.commands)}", soft_wrap=True)
+    err.print(f"  use it: module use {modulepath}; module load {name}", soft_wrap=True)
+
+
+def refresh_module(c: Client, name: str) -> None:
+    """A rebuilt image refreshes the module made from it."""
+    from hpcstack.modules.personal import has_module
+
+    mine = my_modules()
+    if has_module(mine, name):
+        app = next(a for a in mine.apps if a.name == name)
+        commands = None if app.commands == "discover" else list(app.commands)
+        make_module(c, name, commands, None, quiet=True)
+
+
+@app.command()
+def module(name: NameOpt,
+           commands: Annotated[str | None, typer.Option(
+               "--commands", help="cmd1,cmd2 (default: the image's hpcstack.commands label, "
+               "else what is in /usr/local/bin and /opt/*/bin)")] = None,
+           remove: Annotated[bool, typer.Option(
+               "--remove", help="Remove the module (the container stays).")] = False,
+           site: CenterSiteOpt = CENTER_SITE) -> None:
+    """Your container as a module: module use ~/.local/share/hpcstack/modules; module load NAME."""
+    from hpcstack.modules.personal import remove as remove_module
+
+    valid(name)
+    if remove:
+        remove_module(my_modules(site), name)
+        err.print(f"{name}: module removed")
+        return
+    wanted = [c.strip() for c in commands.split(",") if c.strip()] if commands else None
+    make_module(client(), name, wanted, site)
 
 
 # --- admin: API tokens ----------------------------------------------------------------
@@ -358,7 +426,3 @@ def run_verb(argv: list[str]) -> int:
     """Run one u2cb command line in this process; its exit status (for the prompt)."""
     return run_app(app, "u2cb", argv)
 
-
-def main() -> None:
-    """Entry point of ``u2cb``."""
-    sys.exit(run_app(app, "u2cb"))

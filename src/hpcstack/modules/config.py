@@ -134,6 +134,8 @@ class Site(_Strict):
     """The whole site file."""
 
     root: str = Field("/opt/hpcstack/modules", description="where everything is written")
+    modulepath: str | None = Field(None, description="one folder for the Lua and Tcl "
+                                   "modulefiles (default: ROOT/lmod and ROOT/tcl)")
     module_system: Literal["lmod", "tcl", "both"] = "both"
     runtime: Literal["charliecloud", "apptainer", "singularity"] = "charliecloud"
     runtime_path: str | None = Field(None, description="the runtime's binary (default: PATH)")
@@ -149,6 +151,12 @@ class Site(_Strict):
     usage_log: str | None = Field(None, description="a log every wrapper call appends a usage "
                                   "record to (user, module, command, Slurm job, node, time); "
                                   "off when unset")
+    require_signature: bool = Field(
+        False, description="deploy only SIF images whose every object group is signed by one "
+        "of trusted_keys (as hpcstack verify and apptainer verify check them)")
+    trusted_keys: list[str] = Field(
+        default_factory=list, description="OpenPGP public key files, keyrings or directories "
+        "of them (relative to this file)")
     apps: list[App] = []
 
     _binds = field_validator("binds")(classmethod(lambda cls, v: _check_binds(v)))
@@ -161,9 +169,9 @@ class Site(_Strict):
             raise ValueError("a launcher is listed twice")
         return value
 
-    @field_validator("root", "home_root")
+    @field_validator("root", "home_root", "modulepath")
     @classmethod
-    def _absolute(cls, value: str) -> str:
+    def _absolute(cls, value: str | None) -> str | None:
         return value  # made absolute against the site file by load_site
 
     @field_validator("usage_log")
@@ -197,23 +205,35 @@ class Site(_Strict):
                 defaults[app.name] = app.module
 
 
+class AppList(_Strict):
+    """A file that lists apps only: a user's own modules (``u2cb module``)."""
+
+    apps: list[App] = []
+
+
 def parse_site(text: str, where: str = "site file", base: Path | None = None) -> Site:
     """Parse and validate a site file; relative paths are taken from ``base``."""
     site = yamlfile.parse(text, Site, where, empty_ok=True)
     site.check_names(where)
+    if site.require_signature and not site.trusted_keys:
+        raise UserError(f"{where}: trusted_keys: list the public keys that require_signature "
+                        "trusts")
     if base is not None:
         site = resolve_paths(site, base)
     return site
 
 
 def resolve_paths(site: Site, base: Path) -> Site:
-    """``root`` and images made absolute against ``base`` (the site file's directory)."""
+    """``root``, images and keys made absolute against ``base`` (the site file's directory)."""
 
     def absolute(path: str) -> str:
         return str((base / path).resolve()) if not path.startswith("/") else path
 
     apps = [a.model_copy(update={"image": absolute(a.image)}) for a in site.apps]
-    return site.model_copy(update={"root": absolute(site.root), "apps": apps})
+    modulepath = absolute(site.modulepath) if site.modulepath else None
+    keys = [absolute(k) for k in site.trusted_keys]
+    return site.model_copy(update={"root": absolute(site.root), "modulepath": modulepath,
+                                   "apps": apps, "trusted_keys": keys})
 
 
 def load_site(path: Path) -> Site:

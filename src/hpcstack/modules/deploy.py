@@ -32,6 +32,7 @@ from hpcstack.modules import render
 from hpcstack.modules.config import HELLO_COMMAND, App, Site
 from hpcstack.modules.image import inspect, tree_digest
 from hpcstack.modules.render import ImageFacts, Layout, Module
+from hpcstack.runtime.sif import is_sif
 
 log = logging.getLogger("hpcstack.modules")
 
@@ -144,13 +145,33 @@ def _prepare_image(facts: ImageFacts, target: Path, site: Site, points: set[str]
 # --- deploy -----------------------------------------------------------------------------
 
 
+def check_signatures(site: Site, apps: list[App]) -> None:
+    """``require_signature``: each app's image is a SIF signed by a trusted key, unchanged."""
+    from hpcstack.signing import verify_image
+    from hpcstack.signing.pgp import load_keyring
+
+    keyring = load_keyring(Path(k) for k in site.trusted_keys)
+    checked: set[str] = set()
+    for app in apps:
+        if app.image in checked:
+            continue
+        if not is_sif(app.image):
+            raise UserError(f"{app.module}: image {app.image} is not a SIF image, and "
+                            "require_signature is set; nothing was deployed")
+        try:
+            verify_image(Path(app.image), keyring)
+        except UserError as err:
+            raise UserError(f"{app.module}: {err}; nothing was deployed") from None
+        checked.add(app.image)
+
+
 def deploy(site: Site, only: list[str] | None = None,
            warn: Callable[[str], None] | None = None) -> Report:
     """Deploy every enabled app (or those named in ``only``); see the module docstring."""
     started = time.perf_counter()
     report = Report()
     say = warn or (lambda msg: log.warning("%s", msg))
-    layout = Layout(site.root)
+    layout = Layout.of(site)
     selected = [a for a in site.apps if not only or a.name in only or a.module in only]
     if only:
         unknown = [n for n in only if not any(n in (a.name, a.module) for a in site.apps)]
@@ -162,6 +183,8 @@ def deploy(site: Site, only: list[str] | None = None,
     for app in wanted:
         if not Path(app.image).exists():
             raise UserError(f"{app.module}: image {app.image} not found; nothing was deployed")
+    if site.require_signature:
+        check_signatures(site, wanted)
     rt_path = runtime_path(site) if wanted else ""
     facts: dict[str, ImageFacts] = {}
     sums: dict[tuple[str, int, int], str] = {}
@@ -181,8 +204,9 @@ def deploy(site: Site, only: list[str] | None = None,
         f = facts[app.image]
         commands = render.discover(app, site, f)
         if not commands:
-            raise UserError(f"{app.module}: no commands found in {app.image} (list them under "
-                            "commands, or set discover globs)")
+            raise UserError(f"{app.module}: no commands found in {app.image} (name them: "
+                            "`commands:` or `discover:` globs in a site file, "
+                            "`--commands` for u2cb module)")
         for cmd in render.shadowed(commands, site, host):
             report.warnings.append(f"{app.module}: command {cmd!r} shadows the host's {cmd} "
                                    "while the module is loaded")
@@ -316,7 +340,7 @@ def _collect_images(layout: Layout, state: dict[str, Deployed]) -> None:
 
 def remove(site: Site, names: list[str]) -> list[str]:
     """Remove deployed modules (``NAME`` or ``NAME/VERSION``); the removed modules."""
-    layout = Layout(site.root)
+    layout = Layout.of(site)
     state = read_state(layout)
     gone = [k for k, d in state.items() if d.name in names or k in names]
     missing = [n for n in names if not any(n in (d.name, d.module) for d in state.values())]
@@ -334,7 +358,7 @@ def remove(site: Site, names: list[str]) -> list[str]:
 
 def listing(site: Site) -> list[dict[str, object]]:
     """Every app of the site file with what is deployed for it."""
-    state = read_state(Layout(site.root))
+    state = read_state(Layout.of(site))
     rows: list[dict[str, object]] = []
     for app in site.apps:
         d = state.get(app.module)
@@ -433,7 +457,7 @@ class Problem:
 
 def check(site: Site, load: bool = True) -> list[Problem]:
     """Every modulefile loads, every wrapper and image is present, checksums match."""
-    layout = Layout(site.root)
+    layout = Layout.of(site)
     state = read_state(layout)
     problems: list[Problem] = []
     for app in site.enabled():

@@ -136,7 +136,7 @@ def check_mpi(site: Site, *, launchers: list[str] | None = None, ranks: int = 2,
     apps = mpi_apps(site)
     if not apps:
         raise UserError("modules check --mpi: no app in the site file has mpi: openmpi|mpich")
-    layout = Layout(site.root)
+    layout = Layout.of(site)
     state = read_state(layout)
     lmod = lmod_dir()
     use_lmod = lmod is not None and site.module_system in ("lmod", "both")

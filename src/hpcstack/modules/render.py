@@ -69,17 +69,27 @@ class ImageFacts:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where things go under the site root."""
+    """Where things go under the site root.
+
+    Modulefiles go to ``ROOT/lmod`` and ``ROOT/tcl``, unless ``modulepath`` names
+    one folder for both (a user's own tree, where ``module use`` takes one path:
+    Lmod reads ``VERSION.lua`` there and Environment Modules the Tcl ``VERSION``).
+    """
 
     root: str
+    modulepath: str | None = None
+
+    @classmethod
+    def of(cls, site: Site) -> Layout:
+        return cls(site.root, site.modulepath)
 
     @property
     def lmod(self) -> str:
-        return f"{self.root}/lmod"
+        return self.modulepath or f"{self.root}/lmod"
 
     @property
     def tcl(self) -> str:
-        return f"{self.root}/tcl"
+        return self.modulepath or f"{self.root}/tcl"
 
     @property
     def state(self) -> str:
@@ -155,7 +165,7 @@ def shadowed(commands: list[str], site: Site, host_commands: set[str]) -> list[s
 
 
 def module_for(app: App, site: Site, facts: ImageFacts, commands: list[str]) -> Module:
-    layout = Layout(site.root)
+    layout = Layout.of(site)
     description = app.description or facts.labels.get("Description") or facts.labels.get(
         "org.label-schema.description"
     )

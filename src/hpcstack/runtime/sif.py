@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import struct
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
@@ -39,6 +39,8 @@ _HEADER = struct.Struct("<32s10s3s3s16s8q")
 _DESCRIPTOR = struct.Struct("<iBIIIqqqqqqq128s384s")
 _PARTITION = struct.Struct("<ii3s")
 _GROUP_MASK = 0xF0000000
+#: The record layouts and the group flag, for code that writes SIF files (``hpcstack.signing``).
+HEADER, DESCRIPTOR, GROUP_FLAG = _HEADER, _DESCRIPTOR, _GROUP_MASK
 _MAX_DESCRIPTORS = 1 << 16
 
 
@@ -108,6 +110,7 @@ class Descriptor:
     created: datetime
     modified: datetime
     partition: Partition | None = None
+    raw: bytes = field(default=b"", repr=False)  # the 585-byte record, for integrity digests
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class SifImage:
     created: datetime
     modified: datetime
     descriptors: list[Descriptor]
+    raw_header: bytes = field(default=b"", repr=False)  # the 128-byte global header
 
     def primary_partition(self) -> Descriptor:
         """The primary system partition: the root file system Apptainer runs."""
@@ -176,7 +180,7 @@ def read_sif(path: Path | str) -> SifImage:
             raise UserError(f"{path}: not a SIF image (bad magic)")
         header = _HEADER.unpack(raw)
         table = _read_table(f, path, header, size)
-    return _image(path, header, table, size)
+    return _image(path, raw, header, table, size)
 
 
 def is_sif(path: Path | str) -> bool:
@@ -211,12 +215,12 @@ def _read_table(f: BinaryIO, path: Path, header: tuple, size: int) -> bytes:
     return f.read(total * _DESCRIPTOR.size)
 
 
-def _image(path: Path, header: tuple, table: bytes, size: int) -> SifImage:
+def _image(path: Path, raw: bytes, header: tuple, table: bytes, size: int) -> SifImage:
     launch, _magic, version, arch, uid, ctime, mtime = header[:7]
     descriptors = []
-    for fields in _DESCRIPTOR.iter_unpack(table):
+    for i, fields in enumerate(_DESCRIPTOR.iter_unpack(table)):
         if fields[1]:
-            d = _descriptor(fields)
+            d = _descriptor(fields, table[i * _DESCRIPTOR.size:(i + 1) * _DESCRIPTOR.size])
             if d.offset < 0 or d.size < 0 or d.offset + d.size > size:
                 raise UserError(
                     f"{path}: truncated SIF image (object {d.id} ends at {d.offset + d.size},"
@@ -232,10 +236,11 @@ def _image(path: Path, header: tuple, table: bytes, size: int) -> SifImage:
         created=_time(ctime),
         modified=_time(mtime),
         descriptors=descriptors,
+        raw_header=raw,
     )
 
 
-def _descriptor(fields: tuple) -> Descriptor:
+def _descriptor(fields: tuple, raw: bytes) -> Descriptor:
     datatype, _used, oid, group, link, offset, size, _padded, ctime, mtime = fields[:10]
     name, extra = fields[12], fields[13]
     datatype = _enum(DataType, datatype)
@@ -254,6 +259,7 @@ def _descriptor(fields: tuple) -> Descriptor:
         created=_time(ctime),
         modified=_time(mtime),
         partition=partition,
+        raw=raw,
     )
 
 

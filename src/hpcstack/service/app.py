@@ -66,6 +66,7 @@ from hpcstack.service.models import (
     upload_problem,
 )
 from hpcstack.service.queue import CANCEL_REQUESTED, Scheduler
+from hpcstack.service.signing import SiteSigner, site_signer
 
 log = logging.getLogger("u2cb")
 DOWNLOAD_CHUNK = 4 << 20
@@ -104,6 +105,7 @@ class Service:
     scheduler: Scheduler
     open_sessions: Counter[int]  # connect sessions per UID, on this instance
     metrics: Metrics
+    signer: SiteSigner | None = None  # the site key, when one is configured
     pack_locks: dict[int, threading.Lock] = field(default_factory=dict)
 
     def paths(self, key: int) -> store.Paths:
@@ -125,10 +127,11 @@ def create_app(settings: Settings) -> FastAPI:
     executor = make_executor(settings.executor, settings.slurm_partition)
     sessions: Counter[int] = Counter()
     metrics = Metrics(database, lambda: sum(sessions.values()))
+    signer = site_signer(settings)
     svc = Service(settings, database,
                   Scheduler(settings, database, executor, sessions_of=sessions.__getitem__,
-                            metrics=metrics),
-                  sessions, metrics)
+                            metrics=metrics, signer=signer),
+                  sessions, metrics, signer=signer)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -689,7 +692,13 @@ def pack_sandbox(svc: Service, row: db.ContainerRow, p: store.Paths) -> None:
     if result is None or result.error is not None or not result.sha256:
         why = str(result.error.exception()) if result and result.error else "packing failed"
         raise ServiceError(409, f"{row.name}: cannot pack the sandbox: {why}")
-    write_atomic(p.dir / "packed.sif.sha256", result.sha256.encode())
+    sha256 = result.sha256
+    if svc.signer is not None:
+        try:
+            sha256, _size = svc.signer.sign(p.packed)
+        except UserError as err:
+            raise ServiceError(409, f"{row.name}: cannot sign the packed image: {err}") from None
+    write_atomic(p.dir / "packed.sif.sha256", sha256.encode())
     with svc.db.session() as s:
         r = s.get(db.ContainerRow, row.id)
         if r is not None:

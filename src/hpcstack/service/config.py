@@ -85,6 +85,8 @@ class Settings(BaseModel):
     poll_interval: float = Field(0.5, gt=0, le=60, description=MEANING["poll_interval"])
     metrics_readers: list[str] = Field([ANYONE], description=MEANING["metrics_readers"])
     pid_file: Path | None = Field(None, description=MEANING["pid_file"])
+    sign_key: Path | None = Field(None, description=MEANING["sign_key"])
+    sign_key_fingerprint: str | None = Field(None, description=MEANING["sign_key_fingerprint"])
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description=MEANING["log_level"])
 
@@ -92,6 +94,11 @@ class Settings(BaseModel):
     @classmethod
     def _root_is_admin(cls, value: list[str]) -> list[str]:
         return value if "root" in value else ["root", *value]
+
+    @field_validator("sign_key")
+    @classmethod
+    def _key_path(cls, value: Path | None) -> Path | None:
+        return value.resolve() if value is not None else None
 
     @model_validator(mode="after")
     def _named(self) -> Settings:

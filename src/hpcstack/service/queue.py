@@ -23,12 +23,14 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 
 from hpcstack.build.job import BuildRequest, BuildResult, job_argv, read_result, write_request
+from hpcstack.errors import UserError
 from hpcstack.files import tree_size
 from hpcstack.service import db, store
 from hpcstack.service.config import Settings
 from hpcstack.service.executors import Job
 from hpcstack.service.metrics import Metrics
 from hpcstack.service.models import Kind, State
+from hpcstack.service.signing import SiteSigner
 
 log = logging.getLogger("u2cb")
 HEARTBEAT_S = 10.0
@@ -64,9 +66,10 @@ def interrupted_state(attempts: int, max_attempts: int) -> tuple[State, str]:
 class Scheduler:
     def __init__(self, settings: Settings, database: db.Database, executor,
                  sessions_of: Callable[[int], int] = lambda _uid: 0,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, signer: SiteSigner | None = None) -> None:
         self.settings = settings
         self.metrics = metrics  # builds started and ended, for GET /metrics
+        self.signer = signer  # the site key: built images are signed after their job ends
         self.sessions_of = sessions_of  # a user's open connect sessions count as builds
         self.db = database
         self.executor = executor
@@ -276,6 +279,12 @@ class Scheduler:
         self._record(key, State.FAILED, reason)
 
     def _succeed(self, key: int, paths: store.Paths, result: BuildResult) -> None:
+        if self.signer is not None and paths.image.is_file() and result.sha256:
+            try:
+                result.sha256, result.size = self.signer.sign(paths.image)
+            except UserError as err:
+                self._record(key, State.FAILED, f"cannot sign the image: {err}")
+                return
         with self.db.session() as s:
             row = s.get(db.ContainerRow, key)
             if row is None:

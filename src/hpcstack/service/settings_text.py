@@ -51,5 +51,10 @@ MEANING = {
         "Where serve writes its PID (serve --stop reads it); default serve-"
         "INSTANCE.pid in the data directory."
     ),
+    "sign_key": (
+        "The site's OpenPGP secret key: every image built is signed with it, as "
+        "`apptainer sign` does (passphrase from HPCSTACK_SIGN_PASSPHRASE)."
+    ),
+    "sign_key_fingerprint": "Which key of sign_key, when the file holds several.",
     "log_level": "debug | info | warning | error",
 }
