@@ -44,7 +44,7 @@ as_account() { (cd "$workdir" && runuser -u "$user" -- env -i "${environment[@]}
 
 health_url() {  # where the service these settings describe answers
   local settings host port
-  settings=$(as_account "${command[@]}" --print-config)
+  settings=$(as_account "${command[@]}" --print-config) || exit 1  # its one-line error shown
   host=$(sed -n 's/^host: \([^ ]*\).*/\1/p' <<<"$settings")
   port=$(sed -n 's/^port: \([0-9]*\).*/\1/p' <<<"$settings")
   case "$host" in 0.0.0.0|::|"") host=127.0.0.1 ;; *:*) host="[$host]" ;; esac
@@ -58,21 +58,24 @@ case "$ACTION" in
     printf 'argv=%s\n' "${command[@]}"
     ;;
   url)
-    health_url
+    health_url || exit 1
     ;;
   stop)
     as_account "${command[@]}" --stop
     ;;
   start)
-    url=$(health_url)
+    url=$(health_url) || exit 1
     if curl -fsS "$url" >/dev/null 2>&1; then
       echo "u2cb: already answering at $url"
       exit 0
     fi
     touch "$LOG" && chown "$user" "$LOG"
+    before=$(stat -c %s "$LOG")
     as_account setsid "${command[@]}" >>"$LOG" 2>&1 </dev/null &
     for _ in $(seq 100); do
       curl -fsS "$url" >/dev/null 2>&1 && { echo "u2cb: started, answering at $url (log: $LOG)"; exit 0; }
+      error=$(tail -c +"$((before + 1))" "$LOG" | grep -m1 '^hpcstack: error: ' || true)
+      [ -z "$error" ] || die "the service did not start: ${error#hpcstack: error: }"
       sleep 0.2
     done
     die "the service did not answer at $url; its log, $LOG, ends with: $(tail -n 3 "$LOG")"

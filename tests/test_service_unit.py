@@ -200,3 +200,14 @@ def test_a_build_survives_a_fallback_stop_and_start(tmp_path: Path, user: User) 
                        capture_output=True)
         munge.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_fallback_start_with_a_wrong_setting_says_so_in_one_line(tmp_path: Path) -> None:
+    fallback = Fallback(tmp_path, "wrong", "max_workers: many\\n")
+    proc = subprocess.run([str(FALLBACK), "start", str(fallback.unit)], env=fallback.env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    settings = fallback.work / "u2cb.yaml"
+    assert proc.stderr.strip().splitlines() == [
+        f"hpcstack: error: {settings}:4: max_workers: Input should be a valid integer, "
+        "unable to parse string as an integer"]
