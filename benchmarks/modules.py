@@ -18,7 +18,10 @@ Figures (medians over interleaved rounds; ratios; never fails on a timing):
    modulefiles with Environment Modules' ``modulecmd.tcl`` (``HPCSTACK_MODULECMD_TCL``, or
    the installed one), which looks the module up by name instead of walking the tree;
 4. wrapper overhead per call against calling ``ch-run`` directly (target < 1 ms), and
-   whether each style works from ``env``, ``xargs``, ``subprocess`` and ``bash -c``.
+   whether each style works from ``env``, ``xargs``, ``subprocess`` and ``bash -c``;
+5. what usage records (site file ``usage_log``) add to a wrapper call: the same module
+   deployed with and without them, calls interleaved and paired (target < 1 ms);
+6. ``hpcstack modules usage`` over a generated log of 100,000 records (target < 1 s).
 
 Lmod's per-user cache is kept out of it (HOME points at an empty directory, removed
 before every timed run, and ``LMOD_IGNORE_CACHE=1`` where "without cache" is measured).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shlex
 import shutil
@@ -38,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hpcstack.modules import deploy, parse_site
+from hpcstack.modules import deploy, parse_site, usage
 from hpcstack.modules.deploy import lmod_dir, spider_cache, tcl_modulecmd
 from hpcstack.modules.render import Layout
 
@@ -77,6 +81,14 @@ def center_tree(root: Path, image: Path, n: int) -> float:
     probe.write_text(CENTER_LUA.format(name="probe", version="1.0", image=image,
                                        functions=CENTER_FN.format(cmd="probe-cmd")))
     return time.perf_counter() - started
+
+
+def usage_records(n: int, now: int) -> str:
+    """``n`` usage records over 90 days: 300 users, 40 modules, 50 nodes."""
+    rng = random.Random(16)
+    return "".join(f"{now - rng.randrange(90 * 86400)}\tuser{rng.randrange(300):03d}\t"
+                   f"app{rng.randrange(40):02d}/1.0\tcmd\t{rng.randrange(9000)}\t"
+                   f"node{rng.randrange(50)}\n" for _ in range(n))
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -236,6 +248,40 @@ def main() -> None:
                      "+0 ms, but shell functions are not seen by env/xargs/subprocess/"
                      f"mpirun/bash -c (env probe-cmd: exit {fn_env})",
                      "shpc bash wrappers +3.6 ms"))
+
+        # 5. usage records: the same one-module tree deployed with usage_log, against without
+        root = work / "usage-1"
+        usage_log = work / "usage.log"
+        deploy(parse_site(site_text(root, image, 1) + f"usage_log: {usage_log}\n", "bench"),
+               warn=lambda _m: None)
+        plain = trees[("ours", 1)] / "bin" / "probe" / "1.0" / "true"
+        recording = root / "bin" / "probe" / "1.0" / "true"
+        us = interleaved({"off": ([str(plain)], env), "on": ([str(recording)], env)},
+                         args.rounds * 10)
+        added = [on - off for on, off in zip(us["on"], us["off"], strict=True)]
+        written = len(usage_log.read_text().splitlines())
+        rows.append(("usage records: added per wrapper call (median paired)",
+                     f"{med(added) * 1e3:+.2f} ms (wrapper {med(us['off']) * 1e3:.1f} ms; "
+                     f"{written} records written)", "-", "target < 1 ms"))
+
+        # 6. modules usage over 100,000 records
+        big = work / "usage-100k.log"
+        big.write_text(usage_records(100_000, int(time.time())))
+        cli = [str(Path(sys.executable).parent / "hpcstack"), "modules", "usage", "--log",
+               str(big), "--since", "30d"]
+        version = [str(Path(sys.executable).parent / "hpcstack"), "version"]
+        cli_env = dict(base_env, PATH=f"{Path(sys.executable).parent}:{base_env['PATH']}")
+        took = interleaved({"usage": (cli, cli_env), "version": (version, cli_env)},
+                           max(4, args.rounds // 2))
+        inside = []
+        for _ in range(max(4, args.rounds // 2)):
+            started = time.perf_counter()
+            usage.summarise(usage.read_records(big), "module", int(time.time()) - 30 * 86400)
+            inside.append(time.perf_counter() - started)
+        rows.append(("hpcstack modules usage, 100,000 records (median)",
+                     f"{med(took['usage']):.2f} s the whole command ({med(inside):.2f} s "
+                     f"reading and summing; `hpcstack version` {med(took['version']):.2f} s)",
+                     "-", "target < 1 s"))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The short demo, run by `install.sh --demo` (as root):
-#   1. starts the U2CB build service with its embedded defaults, as the
-#      unprivileged service account `u2cb` (MUNGE identity, SQLite, local builds);
+#   1. starts the U2CB build service from its systemd unit (u2cb.service, installed by
+#      install.sh) as the unprivileged account `u2cb`, with the settings in
+#      /etc/hpcstack/u2cb.yaml (MUNGE identity, SQLite, local builds by default):
+#      `systemctl enable --now u2cb` where systemd is PID 1, else the same unit through
+#      scripts/u2cb-fallback.sh;
 #   2. as an ordinary user ($SUDO_USER, or `hpcdemo`): builds examples/hello.def
 #      into a SIF without root and runs it; then builds it again through the
 #      service with `u2cb defcreate`, lists it and downloads it.
-# The service keeps running afterwards (its log: /var/log/u2cb-demo.log).
+# The service keeps running afterwards: `systemctl stop u2cb`, or where systemd is not
+# PID 1 `scripts/u2cb-fallback.sh stop` (`hpcstack serve --stop` as the account).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PORT=${U2CB_PORT:-8473}
+UNIT=/etc/systemd/system/u2cb.service
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "demo.sh: run as root (it starts munged and the service account)" >&2
@@ -25,19 +29,20 @@ fi
 # build's jail); distributions ship it mode 0666, these VMs 0600.
 chmod 0666 /dev/net/tun
 
-# The service, as its own unprivileged account (useradd gives subordinate IDs).
-id u2cb >/dev/null 2>&1 || useradd -m -s /bin/bash u2cb
-if ! curl -fsS "http://127.0.0.1:$PORT/api/v1/health" >/dev/null 2>&1; then
-  touch /var/log/u2cb-demo.log && chown u2cb /var/log/u2cb-demo.log
-  u2cb_home=$(getent passwd u2cb | cut -d: -f6)
-  runuser -u u2cb -- env -i HOME="$u2cb_home" USER=u2cb PATH=/usr/local/bin:/usr/bin:/bin \
-    setsid hpcstack serve --port "$PORT" >/var/log/u2cb-demo.log 2>&1 < /dev/null &
-  for _ in $(seq 50); do
-    curl -fsS "http://127.0.0.1:$PORT/api/v1/health" >/dev/null 2>&1 && break
-    sleep 0.2
-  done
+# The service, as its own unprivileged account (install.sh made it and the unit).
+if [ -d /run/systemd/system ]; then  # systemd is PID 1
+  systemctl daemon-reload
+  systemctl enable --now u2cb
+  STOP="systemctl stop u2cb"
+  URL=$("$HERE/scripts/u2cb-fallback.sh" url "$UNIT")
+  for _ in $(seq 50); do curl -fsS "$URL" >/dev/null 2>&1 && break; sleep 0.2; done
+else
+  "$HERE/scripts/u2cb-fallback.sh" start "$UNIT"
+  STOP="$HERE/scripts/u2cb-fallback.sh stop"
+  URL=$("$HERE/scripts/u2cb-fallback.sh" url "$UNIT")
 fi
-echo "==> U2CB service on http://127.0.0.1:$PORT (API docs: /api/v1/docs)"
+SERVER=${URL%/api/v1/health}
+echo "==> U2CB service on $SERVER (API docs: /api/v1/docs, settings: hpcstack serve --print-config)"
 
 USER_NAME=${SUDO_USER:-hpcdemo}
 [ "$USER_NAME" = root ] && USER_NAME=hpcdemo
@@ -47,7 +52,7 @@ install -d -o "$USER_NAME" "$home/hpcstack-demo"
 install -m 644 -o "$USER_NAME" "$HERE/examples/hello.def" "$home/hpcstack-demo/hello.def"
 
 runuser -u "$USER_NAME" -- env -i HOME="$home" USER="$USER_NAME" LOGNAME="$USER_NAME" \
-  PATH=/usr/local/bin:/usr/bin:/bin TERM="${TERM:-dumb}" U2CB_SERVER="http://127.0.0.1:$PORT" \
+  PATH=/usr/local/bin:/usr/bin:/bin TERM="${TERM:-dumb}" U2CB_SERVER="$SERVER" \
   bash -euc '
 cd "$HOME/hpcstack-demo"
 set -x
@@ -61,4 +66,4 @@ u2cb list
 u2cb download -n hello -o hello-u2cb.sif
 hpcstack run hello-u2cb.sif
 '
-echo "==> demo done; the U2CB service keeps running (stop it: pkill -u u2cb -f 'hpcstack serve')"
+echo "==> demo done; the U2CB service keeps running (stop it: $STOP)"

@@ -40,6 +40,7 @@ PACKAGES=(
   postgresql                              # U2CB: PostgreSQL for the storage tests (SQLite is the default)
   hpcc libopenblas0-serial                # hpcstack bench: HPC Challenge with OpenBLAS (the same build goes in its image)
   ruby chromium chromium-driver           # studio tests: OOD's ERB (erb), headless Chromium for the Jupyter page
+  logrotate                               # rotates the usage records of container apps (logrotate/)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -65,6 +66,24 @@ for cmd in hpcstack u2cb; do
   ln -sf "$PREFIX/bin/$cmd" "/usr/local/bin/$cmd"
 done
 echo "==> $("$PREFIX/bin/hpcstack" version) installed; try: hpcstack --help"
+
+# The U2CB service: its account (useradd -m gives it subordinate IDs), its systemd units,
+# and a settings file listing every setting and its default, all commented out.
+id u2cb >/dev/null 2>&1 || useradd -m -s /bin/bash u2cb
+install -m 0644 "$HERE"/systemd/u2cb.service "$HERE"/systemd/u2cb@.service /etc/systemd/system/
+install -d -m 0755 /etc/hpcstack
+if [ ! -e /etc/hpcstack/u2cb.yaml ]; then
+  u2cb_home=$(getent passwd u2cb | cut -d: -f6)
+  { echo "# U2CB settings (hpcstack serve; docs/u2cb.md). Every key with its default;"
+    echo "# uncomment one to change it. \$U2CB_KEY and flags override this file."
+    runuser -u u2cb -- env -i HOME="$u2cb_home" "$PREFIX/bin/hpcstack" serve \
+      --config /dev/null --print-config | sed '1d; s/^\([a-z]\)/# \1/; s/  *# default$//'
+  } > /etc/hpcstack/u2cb.yaml.new
+  mv /etc/hpcstack/u2cb.yaml.new /etc/hpcstack/u2cb.yaml
+fi
+install -m 0644 "$HERE"/logrotate/hpcstack-usage /etc/logrotate.d/hpcstack-usage
+[ -d /run/systemd/system ] && systemctl daemon-reload
+echo "==> U2CB service: systemctl enable --now u2cb (settings: /etc/hpcstack/u2cb.yaml)"
 
 if [ "$DEMO" = 1 ]; then
   exec "$HERE/scripts/demo.sh"

@@ -21,6 +21,7 @@ from rich.table import Table
 from hpcstack import __version__
 from hpcstack.cli.bench import bench
 from hpcstack.cli.catalog import app as catalog_app
+from hpcstack.cli.doctor import doctor
 from hpcstack.cli.modules import app as modules_app
 from hpcstack.cli.serve import serve
 from hpcstack.cli.sign import sign, verify
@@ -38,6 +39,7 @@ app.command("serve")(serve)
 app.add_typer(modules_app, name="modules")
 app.add_typer(catalog_app, name="catalog")
 app.command("bench")(bench)
+app.command("doctor")(doctor)
 app.add_typer(studio_app, name="studio")
 app.command("sign")(sign)
 app.command("verify")(verify)

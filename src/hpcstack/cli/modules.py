@@ -52,6 +52,48 @@ def deploy_cmd(
     err.print(f"{len(report.deployed)} modules in {report.seconds:.2f} s", highlight=False)
 
 
+@app.command("usage")
+def usage_cmd(
+    site: SiteOpt = DEFAULT_SITE,
+    since: Annotated[str | None, typer.Option(help="Only the last 30d, 12h, 2w …")] = None,
+    by: Annotated[str, typer.Option(help="module | user")] = "module",
+    log: Annotated[Path | None, typer.Option(help="The usage log (default: the site "
+                                             "file's usage_log).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Runs of each container app (or by each user), from the wrappers' usage records."""
+    import time
+
+    from hpcstack.modules import usage
+
+    if by not in ("module", "user"):
+        raise UserError(f"--by {by}: use module or user")
+    if log is None:
+        configured = _site(site).usage_log
+        if configured is None:
+            raise UserError(f"{site}: usage_log is not set, so wrappers keep no usage records")
+        log = Path(configured)
+    now = int(time.time())
+    start = usage.parse_since(since, now) if since else None
+    skipped: list[int] = []
+    records = usage.read_records(log, skipped)
+    rows = usage.summarise(records, by, start)  # type: ignore[arg-type]
+    earliest = start if start is not None else min((r.first for r in rows), default=now)
+    window = now - earliest
+    if as_json:
+        print(json.dumps({"by": by, "since": start, "days": usage.days(window),
+                          "skipped_lines": skipped[0] if skipped else 0,
+                          "rows": [r.as_dict() for r in rows]}, indent=2))
+        return
+    for row in rows:
+        print(usage.sentence(row, by, window))  # type: ignore[arg-type]
+    if not rows:
+        err.print(f"no runs recorded in {log}" + (f" since {since}" if since else ""))
+    if skipped and skipped[0]:
+        err.print(f"[yellow]warning:[/] {skipped[0]} lines of {log} are not records; skipped",
+                  highlight=False)
+
+
 @app.command("list")
 def list_cmd(site: SiteOpt = DEFAULT_SITE,
              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:

@@ -7,6 +7,7 @@ Example (``examples/modules/site.yaml``)::
     runtime: charliecloud                # charliecloud | apptainer | singularity
     binds: [/lustre]                     # bound into every container
     launchers: [pmi2, pmix, mpirun]      # what MPI job scripts may use (modules check --mpi)
+    usage_log: /var/log/hpcstack/usage.log   # each wrapper call appends a record (modules usage)
     apps:
       - name: gromacs
         version: 2022-cpu
@@ -147,6 +148,9 @@ class Site(_Strict):
     shadow_commands: list[str] = Field(default_factory=list, description="extra names to warn on")
     launchers: list[Launcher] = Field(
         default_factory=list, description="MPI launchers job scripts may use: pmi2 pmix mpirun")
+    usage_log: str | None = Field(None, description="a log every wrapper call appends a usage "
+                                  "record to (user, module, command, Slurm job, node, time); "
+                                  "off when unset")
     require_signature: bool = Field(
         False, description="deploy only SIF images whose every object group is signed by one "
         "of trusted_keys (as hpcstack verify and apptainer verify check them)")
@@ -169,6 +173,14 @@ class Site(_Strict):
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
         return value  # made absolute against the site file by load_site
+
+    @field_validator("usage_log")
+    @classmethod
+    def _log_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or
+                                  re.search(r"[^A-Za-z0-9._/+-]", value)):
+            raise ValueError(f"{value!r}: an absolute path of letters, digits and . _ / + -")
+        return value
 
     def enabled(self) -> list[App]:
         return [a for a in self.apps if a.state != "disabled"]

@@ -248,10 +248,28 @@ def deploy(site: Site, only: list[str] | None = None,
     _write_defaults(site, layout, state)
     _collect_images(layout, state)
     write_state(layout, state)
+    if site.usage_log:
+        _usage_log(Path(site.usage_log), report, say)
     if site.spider_cache and site.module_system != "tcl":
         spider_cache(layout)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _usage_log(path: Path, report: Report, say: Callable[[str], None]) -> None:
+    """The usage log, made if missing: every user may append (mode 0622), only its owner
+    may read it (who ran what is the site's business, not the other users')."""
+    if path.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o622)
+        os.fchmod(fd, 0o622)
+        os.close(fd)
+    except OSError as err:
+        msg = f"usage_log {path}: cannot create it ({err.strerror}); no records until it exists"
+        report.warnings.append(msg)
+        say(msg)
 
 
 def _write_module(site: Site, layout: Layout, app: App, m: Module, f: ImageFacts,

@@ -235,6 +235,7 @@ def _env() -> jinja2.Environment:
     )
     env.filters["lua"] = lua_quote
     env.filters["tcl"] = tcl_quote
+    env.filters["sh"] = shlex.quote
     return env
 
 
@@ -323,7 +324,7 @@ def wrapper(m: Module, app: App, site: Site, command: str, runtime_path: str,
         patterns = "|".join(f"{shlex.quote(v)}|{shlex.quote(v.rstrip('/'))}/*" for v in visible)
         return _render("wrapper.sh.j2", m=m, command=command, runtime=site.runtime,
                        head=shlex.join(head), tail=shlex.join(tail), visible=patterns,
-                       exports=[])
+                       exports=[], usage_log=site.usage_log)
     from hpcstack.runtime import Launch, select
 
     spec = [f"{s}:{d}:ro" if ro else (s if s == d else f"{s}:{d}") for s, d, ro in binds(app, site)]
@@ -332,7 +333,8 @@ def wrapper(m: Module, app: App, site: Site, command: str, runtime_path: str,
     argv = [runtime_path, *plan.argv[1:]]
     exports = [f"{k}={shlex.quote(v)}" for k, v in plan.env.items()]
     return _render("wrapper.sh.j2", m=m, command=command, runtime=site.runtime,
-                   head=shlex.join(argv), tail="", visible="", exports=exports)
+                   head=shlex.join(argv), tail="", visible="", exports=exports,
+                   usage_log=site.usage_log)
 
 
 def runtime_notes(app: App, site: Site) -> list[str]:

@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import IntegrityError
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,9 +37,10 @@ from hpcstack.build.job import BuildRequest, job_argv, read_result, write_reques
 from hpcstack.deffile import Definition, parse
 from hpcstack.errors import UserError
 from hpcstack.files import tree_size, write_atomic
-from hpcstack.service import auth, db, recipes, store, uploads
-from hpcstack.service.config import Settings
+from hpcstack.service import auth, db, nodecheck, pidfile, recipes, store, uploads
+from hpcstack.service.config import ANYONE, Settings
 from hpcstack.service.executors import make_executor
+from hpcstack.service.metrics import Metrics, RequestTimer
 from hpcstack.service.models import (
     ACTIVE,
     INPUT_ERROR,
@@ -102,6 +104,7 @@ class Service:
     db: db.Database
     scheduler: Scheduler
     open_sessions: Counter[int]  # connect sessions per UID, on this instance
+    metrics: Metrics
     signer: SiteSigner | None = None  # the site key, when one is configured
     pack_locks: dict[int, threading.Lock] = field(default_factory=dict)
 
@@ -123,18 +126,22 @@ def create_app(settings: Settings) -> FastAPI:
     database.create_all()
     executor = make_executor(settings.executor, settings.slurm_partition)
     sessions: Counter[int] = Counter()
+    metrics = Metrics(database, lambda: sum(sessions.values()))
     signer = site_signer(settings)
     svc = Service(settings, database,
                   Scheduler(settings, database, executor, sessions_of=sessions.__getitem__,
-                            signer=signer),
-                  sessions, signer=signer)
+                            metrics=metrics, signer=signer),
+                  sessions, metrics, signer=signer)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         svc.scheduler.start()
+        checks = asyncio.create_task(asyncio.to_thread(nodecheck.log_problems, settings))
         yield
+        checks.cancel()
         await asyncio.to_thread(svc.scheduler.shutdown)
         database.dispose()
+        pidfile.release(settings.pid_path)
 
     app = FastAPI(title="U2CB build service", version=__version__, lifespan=lifespan,
                   openapi_url=f"{API}/openapi.json", docs_url=f"{API}/docs",
@@ -142,6 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Unprivileged container builds: sandboxes from base images, "
                   "images from definition files, interactive fakeroot sessions.")
     app.state.svc = svc
+    app.add_middleware(RequestTimer, metrics=lambda: svc.metrics)
     clear_staging(svc)
     install_handlers(app)
     add_routes(app, svc)
@@ -213,6 +221,16 @@ def owner_uid(ident: Identity, owner: str | None) -> int:
         return auth.user_uid(owner)
     except ValueError as err:
         raise ServiceError(404, str(err)) from None
+
+
+def may_read_metrics(svc: Service, request: Request) -> None:
+    """Anyone when ``metrics_readers`` holds ``*``; else those users and the admins."""
+    readers = svc.settings.metrics_readers
+    if ANYONE not in readers:
+        me = who(svc, request.headers)
+        if not me.admin and me.user not in readers:
+            raise ServiceError(403, f"{me.user} may not read the metrics "
+                               "(setting metrics_readers)")
 
 
 def need_admin(ident: Identity) -> None:
@@ -315,11 +333,28 @@ Owner = Annotated[OwnerName | None, Query(description="admins: whose containers"
 
 def add_routes(app: FastAPI, svc: Service) -> None:
 
-    @app.get(f"{API}/health", response_model=Health, tags=["service"])
-    def health() -> Health:
-        """Liveness, with the executor and database kind (no credential needed)."""
-        return Health(status="ok", version=__version__, executor=svc.settings.executor,
-                      database=svc.db.dialect)
+    @app.get(f"{API}/health", response_model=Health, response_model_exclude_none=True,
+             responses=responses(403), tags=["service"])
+    def health(request: Request, deep: Annotated[bool, Query(
+            description="also run hpcstack doctor's node checks (readers: the "
+            "metrics_readers setting)")] = False) -> Health:
+        """Liveness, with the executor and database kind (no credential needed); with
+        ``deep=1`` every node check, and ``degraded`` when one failed."""
+        health = Health(status="ok", version=__version__, executor=svc.settings.executor,
+                        database=svc.db.dialect)
+        if deep:
+            may_read_metrics(svc, request)
+            health.checks = nodecheck.node_checks(svc.settings)
+            if any(c.status == "fail" for c in health.checks):
+                health.status = "degraded"
+        return health
+
+    @app.get("/metrics", response_class=Response, responses={
+        **responses(403), 200: {"content": {CONTENT_TYPE_LATEST: {}}}}, tags=["service"])
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics (text format); readers per the ``metrics_readers`` setting."""
+        may_read_metrics(svc, request)
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(f"{API}/whoami", response_model=Identity, responses=responses(), tags=["service"])
     def whoami(me: Who) -> Identity:
@@ -577,6 +612,7 @@ def cancel_build(svc: Service, row: db.ContainerRow) -> None:
         if r is not None and r.state == State.QUEUED.value:
             r.state, r.reason, r.finished = State.CANCELLED.value, "cancelled by the user", \
                 db.now()
+            svc.metrics.ended(r.state, None, r.finished)
         elif r is not None and r.state == State.RUNNING.value:
             r.reason = CANCEL_REQUESTED  # the instance running it stops it within a tick
 

@@ -171,9 +171,12 @@ def alive_instances(s: Session, within_seconds: float) -> set[str]:
             if _utc(r.seen).timestamp() >= cutoff}
 
 
-def _utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; they were stored as UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+_utc = as_utc
 
 
 def running_count(s: Session, uid: int) -> int:

@@ -10,7 +10,7 @@ import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -312,8 +312,19 @@ class Identity(BaseModel):
     method: str
 
 
+class NodeCheck(BaseModel):
+    """One finding of ``hpcstack doctor`` on the service's node."""
+
+    check: str
+    status: Literal["ok", "warn", "fail"]
+    message: str
+    fix: str = ""
+
+
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok; with deep=1, degraded when a node check failed")
     version: str
     executor: str
     database: str
+    checks: list[NodeCheck] | None = Field(None, description="with deep=1: every node check "
+                                           "(hpcstack doctor's)")

@@ -28,6 +28,7 @@ from hpcstack.files import tree_size
 from hpcstack.service import db, store
 from hpcstack.service.config import Settings
 from hpcstack.service.executors import Job
+from hpcstack.service.metrics import Metrics
 from hpcstack.service.models import Kind, State
 from hpcstack.service.signing import SiteSigner
 
@@ -65,8 +66,9 @@ def interrupted_state(attempts: int, max_attempts: int) -> tuple[State, str]:
 class Scheduler:
     def __init__(self, settings: Settings, database: db.Database, executor,
                  sessions_of: Callable[[int], int] = lambda _uid: 0,
-                 signer: SiteSigner | None = None) -> None:
+                 metrics: Metrics | None = None, signer: SiteSigner | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics  # builds started and ended, for GET /metrics
         self.signer = signer  # the site key: built images are signed after their job ends
         self.sessions_of = sessions_of  # a user's open connect sessions count as builds
         self.db = database
@@ -123,6 +125,7 @@ class Scheduler:
                 row.state, row.reason, row.job = state.value, reason, None
                 if state is State.FAILED:
                     row.finished = db.now()
+                    self._ended(row)
                 store.remove(store.Paths(self.settings.containers_dir(), row.id).tmp)
 
     def _loop(self) -> None:
@@ -195,6 +198,8 @@ class Scheduler:
                                             job=f"@{self.settings.instance}"))
                 if claimed.rowcount != 1:
                     continue
+            if self.metrics is not None:
+                self.metrics.started(row.created, db.now())
             self._launch(row)
 
     def _launch(self, row: db.ContainerRow) -> None:
@@ -291,10 +296,12 @@ class Scheduler:
             else:
                 row.state, row.reason = State.FAILED.value, "the build left no image"
                 row.finished = db.now()
+                self._ended(row)
                 return
             row.usage = tree_size(paths.dir)
             row.state, row.reason, row.finished, row.job = State.READY.value, None, \
                 db.now(), None
+            self._ended(row)
 
     def _record(self, key: int, state: State, reason: str, finished: bool = True) -> None:
         with self.db.session() as s:
@@ -304,4 +311,9 @@ class Scheduler:
             row.state, row.reason, row.job = state.value, reason, None
             if finished:
                 row.finished = db.now()
+                self._ended(row)
             row.usage = tree_size(store.Paths(self.settings.containers_dir(), key).dir)
+
+    def _ended(self, row: db.ContainerRow) -> None:
+        if self.metrics is not None:
+            self.metrics.ended(row.state, row.started, row.finished)
