@@ -237,6 +237,17 @@ def browse_desktop(driver, port: int, title: str, check: str) -> None:  # type: 
     print(f"title={driver.title}")
 
 
+def browse_tensorboard(driver, port: int, tag: str) -> None:  # type: ignore[no-untyped-def]
+    """TensorBoard through /rnode: its scalars dashboard lists the run's tag."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _connect(driver, port)
+    WebDriverWait(driver, 120).until(
+        lambda d: tag in d.find_element(By.TAG_NAME, "body").text)
+    time.sleep(3)
+
+
 def browse_wrong_vnc(driver, url: str) -> str:  # type: ignore[no-untyped-def]
     """noVNC with a wrong password: the status noVNC shows."""
     from selenium.webdriver.common.by import By
@@ -255,7 +266,8 @@ def browse(kind: str, view: Path, screenshot: Path, *args: str) -> None:
     try:
         try:
             {"jupyter": browse_jupyter, "lab": browse_lab, "vscode": browse_vscode,
-             "desktop": browse_desktop}[kind](driver, port, *args)
+             "desktop": browse_desktop, "tensorboard": browse_tensorboard}[kind](
+                driver, port, *args)
         except Exception:
             driver.save_screenshot(str(screenshot.with_suffix(".failed.png")))
             raise
@@ -406,7 +418,7 @@ def test_jupyter_under_slurm_with_password_and_browser(
     start = time.monotonic()
     job, log = _submit(user, cluster, app, staged, f"working_dir={notebooks}")
     try:
-        conn = _wait_for_connection(staged, start, 60, log)
+        conn = _wait_for_connection(staged, start, 300, log)
         base = f"http://127.0.0.1:{conn['port']}/node/127.0.0.1/{conn['port']}"
         _password_checks(user, base, conn, staged / "cookies.txt", "/api/contents")
         out = _browse(user, app, staged, work, "jupyter", "studio-jupyter.png",
@@ -533,8 +545,9 @@ writer.close()
 def test_tensorboard_under_slurm_reads_the_form_log_directory(
         user: User, cluster: slurm_fixture.Slurm) -> None:
     """TensorBoard from PyPI in an image hpcstack built: the form's log directory, bound at
-    /logs, is what it serves (a run written beforehand is listed with its values)."""
-    need("ruby", "curl")
+    /logs, is what it serves (a run written beforehand is listed with its values, and its
+    tag shows in the browser). TensorBoard has no login: OOD's proxy is the only way in."""
+    need("chromium", "chromedriver", "ruby", "curl")
     work, app = _build_app(user, "tensorboard", "tensorboard")
     logs = user.workdir("studio-tb-logs")
     user.hpcstack("exec", str(work / "tensorboard.sif"), "python3", "-c", EVENTS,
@@ -542,7 +555,7 @@ def test_tensorboard_under_slurm_reads_the_form_log_directory(
     start = time.monotonic()
     job, log = _submit(user, cluster, app, work / "session", "working_dir=", f"logdir={logs}")
     try:
-        conn = _wait_for_connection(work / "session", start, 60, log)
+        conn = _wait_for_connection(work / "session", start, 300, log)
         base = f"http://127.0.0.1:{conn['port']}"  # OOD's /rnode proxy strips its prefix
         deadline = time.monotonic() + 60
         while not _curl(user, f"{base}/").startswith("200"):
@@ -554,6 +567,8 @@ def test_tensorboard_under_slurm_reads_the_form_log_directory(
         points = json.loads(user.run(["curl", "-s", f"{base}/data/plugin/scalars/scalars"
                                       "?run=run1&tag=loss"], check=True).stdout)
         assert [(p[1], round(p[2], 3)) for p in points] == [(0, 1.0), (1, 0.5), (2, 0.333)]
+        _browse(user, app, work / "session", work, "tensorboard", "studio-tensorboard.png",
+                "loss")
     finally:
         cluster.client("scancel", job)
 
