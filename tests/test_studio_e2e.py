@@ -204,8 +204,10 @@ def browse_vscode(driver, port: int, workdir: str, name: str) -> None:  # type: 
     box = WebDriverWait(driver, 30).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, ".quick-input-widget input"))
     box[0].send_keys(name)
-    time.sleep(2)
-    box[0].send_keys(Keys.ENTER)
+    row = WebDriverWait(driver, 30).until(lambda d: [
+        r for r in d.find_elements(By.CSS_SELECTOR, ".quick-input-list .monaco-list-row")
+        if name in r.text])
+    row[0].click()
     WebDriverWait(driver, 60).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, ".editor-instance .monaco-editor textarea"))
     time.sleep(1)
@@ -350,6 +352,16 @@ def _submit(user: User, cluster: slurm_fixture.Slurm, app: Path, staged: Path,
     return job, log
 
 
+def _cancel(cluster: slurm_fixture.Slurm, job: str) -> None:
+    """Cancel the session's job and wait until it is gone, so nothing outlives Slurm."""
+    cluster.client("scancel", job)
+    deadline = time.monotonic() + 60
+    while cluster.client("squeue", "-h", "-j", job).stdout.strip():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job} still running a minute after scancel")
+        time.sleep(0.5)
+
+
 def _curl(user: User, *args: str) -> str:
     """Status code (and headers) of one request, made as the user."""
     return user.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
@@ -425,7 +437,7 @@ def test_jupyter_under_slurm_with_password_and_browser(
                       f"/node/127.0.0.1/{conn['port']}", "check.ipynb")
         assert "/tree" in out and "output=42" in out, out
     finally:
-        cluster.client("scancel", job)
+        _cancel(cluster, job)
 
 
 def test_r_in_jupyterlab_plots_in_the_browser(user: User, cluster: slurm_fixture.Slurm) -> None:
@@ -451,7 +463,7 @@ def test_r_in_jupyterlab_plots_in_the_browser(user: User, cluster: slurm_fixture
                       f"/node/127.0.0.1/{conn['port']}", "plot.ipynb")
         assert "plot=data:image/png;base64" in out, out
     finally:
-        cluster.client("scancel", job)
+        _cancel(cluster, job)
 
 
 def test_vscode_edits_and_saves_a_file(user: User, cluster: slurm_fixture.Slurm) -> None:
@@ -473,18 +485,20 @@ def test_vscode_edits_and_saves_a_file(user: User, cluster: slurm_fixture.Slurm)
     try:
         conn = _wait_for_connection(staged, start, 300, log)
         base = f"http://127.0.0.1:{conn['port']}"  # OOD's /rnode proxy strips its prefix
-        assert _curl(user, f"{base}/").split()[0] == "302"
+        status, redirect = _curl(user, f"{base}/").split()
+        assert status == "302" and redirect.endswith("/login"), redirect
         jar = staged / "cookies.txt"
         _curl(user, "-c", str(jar), "-d", "password=wrong", f"{base}/login")
-        assert _curl(user, "-b", str(jar), f"{base}/").split()[0] == "302"
+        assert _curl(user, "-b", str(jar), f"{base}/").split()[1].endswith("/login")
         assert _curl(user, "-c", str(jar), "--data-urlencode", f"password={conn['password']}",
                      f"{base}/login").startswith("302")
-        assert _curl(user, "-b", str(jar), f"{base}/").startswith("200")
+        # Logged in, / opens the working directory (code-server redirects to ?folder=).
+        assert "folder=" in _curl(user, "-b", str(jar), f"{base}/")
         out = _browse(user, app, staged, work, "vscode", "studio-vscode.png",
                       str(project), "notes.txt")
         assert "saved from the browser" in (project / "notes.txt").read_text(), out
     finally:
-        cluster.client("scancel", job)
+        _cancel(cluster, job)
 
 
 @pytest.fixture(scope="module")
@@ -526,7 +540,7 @@ def test_desktop_app_window_in_the_browser(user: User, cluster: slurm_fixture.Sl
         wrong = next(x for x in out.splitlines() if x.startswith("wrong="))
         assert "fail" in wrong.lower() or "reject" in wrong.lower(), out
     finally:
-        cluster.client("scancel", job)
+        _cancel(cluster, job)
 
 
 EVENTS = """
@@ -570,7 +584,7 @@ def test_tensorboard_under_slurm_reads_the_form_log_directory(
         _browse(user, app, work / "session", work, "tensorboard", "studio-tensorboard.png",
                 "loss")
     finally:
-        cluster.client("scancel", job)
+        _cancel(cluster, job)
 
 
 if __name__ == "__main__":
