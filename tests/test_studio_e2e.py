@@ -505,6 +505,9 @@ def test_vscode_edits_and_saves_a_file(user: User, cluster: slurm_fixture.Slurm)
 def desktop_apps(user: User) -> tuple[Path, Path]:
     """The desktop image and two GUI apps' images (Grace, Octave), and their apps."""
     work = user.workdir("studio-desktop")
+    # A user who has used Octave's GUI before (no first-run wizard in the screenshot).
+    user.run(["sh", "-c", "mkdir -p ~/.config/octave && printf '[General]\\n' > "
+              "~/.config/octave/octave-gui.ini"], check=True)
     desktop = _image(user, work, "desktop")
     for name in ("grace", "octave"):
         _image(user, work, name)
@@ -515,13 +518,17 @@ def desktop_apps(user: User) -> tuple[Path, Path]:
     return work, apps
 
 
-@pytest.mark.parametrize(("name", "window"), [("grace", "Grace"), ("octave", "Octave")])
+@pytest.mark.parametrize(("name", "title", "window"), [
+    ("grace", "Grace", '"Grace: '),   # its main window: "Grace: FILE"
+    ("octave", "Octave", '"Octave"'),  # not the documentation's, "Octave Documentation"
+])
 def test_desktop_app_window_in_the_browser(user: User, cluster: slurm_fixture.Slurm,
                                            desktop_apps: tuple[Path, Path], name: str,
-                                           window: str) -> None:
+                                           title: str, window: str) -> None:
     """A GUI app from its own image on the desktop image's VNC display: noVNC (served by the
     desktop's websockify) logs in with the session password and shows it; the app's window
-    is on the display (xwininfo); a wrong password is refused."""
+    is on the display (xwininfo); a wrong VNC password and a client without the session's
+    X cookie are refused."""
     need("chromium", "chromedriver", "ruby", "curl")
     work, apps = desktop_apps
     staged = work / f"session-{name}"
@@ -533,10 +540,15 @@ def test_desktop_app_window_in_the_browser(user: User, cluster: slurm_fixture.Sl
         assert _curl(user, f"http://127.0.0.1:{conn['port']}/vnc.html").startswith("200")
         xwininfo = (f"DISPLAY=:{conn['display']} XAUTHORITY={staged}/Xauthority "
                     f"{HPCSTACK_PREFIX}/bin/hpcstack exec {work}/desktop.sif "
-                    f"xwininfo -root -tree | grep -i '\"[^\"]*{window}'")
+                    f"xwininfo -root -tree | grep -F '{window}'")
         out = _browse(user, apps / name, staged, work, "desktop", f"studio-{name}.png",
-                      window, xwininfo)
-        assert f"title={window}" in out, out
+                      title, xwininfo)
+        assert f"title={title}" in out, out
+        # Without the session's X cookie the display refuses a client.
+        stranger = user.hpcstack("exec", str(work / "desktop.sif"), "xwininfo", "-root",
+                                 env={"DISPLAY": f":{conn['display']}",
+                                      "XAUTHORITY": "/dev/null"})
+        assert stranger.returncode != 0 and "unable to open display" in stranger.stderr
         wrong = next(x for x in out.splitlines() if x.startswith("wrong="))
         assert "fail" in wrong.lower() or "reject" in wrong.lower(), out
     finally:
