@@ -66,9 +66,12 @@ HELPERS = <<~'BASH'
   }
 BASH
 
-def job_script(staged, template, set_host)
+def job_script(staged, template, set_host, conn_params)
   after = File.exist?(File.join(staged, "after.sh")) ? 'source "./after.sh"' : ""
   vnc = template == "vnc" ? "echo 'vnc template: the VNC server is not started by this harness'" : ""
+  # OOD writes every connection parameter the app lists (basic: host, port, password).
+  fields = conn_params.map { |name| "#{name}: %s\\n" }.join
+  values = conn_params.map { |name| "\"${#{name}}\"" }.join(" ")
   <<~SCRIPT
     #!/bin/bash
     # The #{template} template's job script, as OOD writes it (harness version).
@@ -86,7 +89,7 @@ def job_script(staged, template, set_host)
     SCRIPT_PID=$!
     #{after}
     umask 077
-    printf 'host: %s\\nport: %s\\npassword: %s\\n' "${host}" "${port}" "${password}" > connection.yml
+    printf '#{fields}' #{values} > connection.yml
     wait "${SCRIPT_PID}"
   SCRIPT
 end
@@ -101,9 +104,10 @@ def stage(app, staged, values, set_host)
     File.write(File.join(staged, name), text)
     File.chmod(0o755, File.join(staged, name)) if name.end_with?(".sh")
   end
-  template = YAML.safe_load(submit).dig("batch_connect", "template")
+  batch_connect = YAML.safe_load(submit).fetch("batch_connect")
+  conn_params = (%w[host port password] + batch_connect.fetch("conn_params", [])).uniq
   path = File.join(staged, "job_script.sh")
-  File.write(path, job_script(staged, template, set_host))
+  File.write(path, job_script(staged, batch_connect["template"], set_host, conn_params))
   File.chmod(0o755, path)
 end
 

@@ -27,6 +27,7 @@ FORM = {"partition": "cpu", "size": "cpu-1", "hours": "2", "working_dir": "/tmp/
         "logdir": "/tmp/logs"}
 #: What OOD's smart attributes or our form define; anything else in form: must be in attributes.
 VARS = {"port": "4711", "password": "s3cret", "host": "node01", "config": "/w/cfg",
+        "session": "/w",
         "workdir": "/tmp/my dir", "logdir": "/data/run 1", "USER": "alice",
         "auth_helper": "/w/bin/auth", "data_dir": "/w/rstudio", "cookie_key": "/w/key"}
 
@@ -53,9 +54,11 @@ def test_every_app_follows_ood_layout(tmp_path: Path) -> None:
         assert form["attributes"]["working_dir"]["widget"] == "path_selector"
         assert (app / "template" / "script.sh.erb").is_file()
         assert (app / "template" / "before.sh.erb").is_file()
-        web = app.name != "gromacs-desktop"
-        assert (app / "view.html.erb").is_file() == web  # OOD: no view.html.erb for VNC apps
-        assert (app / "template" / "after.sh.erb").is_file() == web
+        # Desktops too: their VNC server runs in the desktop image, behind OOD's basic template.
+        assert (app / "view.html.erb").is_file()
+        assert (app / "template" / "after.sh.erb").is_file()
+        desktop = (app / "template" / "desktop.sh").is_file()
+        assert desktop == (manifest["name"] in ("Grace", "Octave", "GROMACS desktop"))
         allowed = {"manifest.yml", "form.yml", "submit.yml.erb", "view.html.erb", "template"}
         assert {p.name for p in app.iterdir()} <= allowed
 
@@ -78,17 +81,21 @@ def test_every_erb_renders_and_scripts_pass_bash_n(tmp_path: Path) -> None:
         submit = yaml.safe_load((staged / "submit.yml").read_text())
         native = submit["script"]["native"]
         assert "--time=2:00:00" in native and "--nodes=1" in native
-        assert submit["batch_connect"]["template"] == ("vnc" if "desktop" in app.name
-                                                       else "basic")
+        assert submit["batch_connect"]["template"] == "basic"
+        vnc = (app / "template" / "desktop.sh").exists()
+        assert {"display", "websocket"} <= set(submit["batch_connect"]["conn_params"]) or not vnc
         for script in staged.glob("*.sh"):
             check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
             assert check.returncode == 0, f"{script}: {check.stderr}"
         if (app / "view.html.erb").exists():
-            (staged / "connection.yml").write_text("host: node01\nport: 4711\npassword: pw\n")
+            (staged / "connection.yml").write_text("host: node01\nport: 4711\npassword: pw\n"
+                                                   "display: 1\nwebsocket: 4711\n")
             html = tmp_path / f"{app.name}.html"
             subprocess.run(["ruby", str(HARNESS), "view", str(app), str(staged), str(html)],
                            check=True)
             assert "node01/4711" in html.read_text()
+            if vnc:
+                assert "path=rnode/node01/4711/websockify&amp;password=pw" in html.read_text()
 
 
 @pytest.mark.parametrize(("size", "expected"), [
@@ -116,11 +123,11 @@ def test_unknown_size_or_partition_is_refused(tmp_path: Path) -> None:
     assert _render(apps[0], tmp_path / "b", partition="secret").returncode != 0
 
 
-def _container(script: Path) -> list[str]:
+def _container(script: Path, name: str = "container") -> list[str]:
     """The container argv a rendered script.sh.erb runs, as bash reads it."""
-    line = next(x for x in script.read_text().splitlines() if x.startswith("container=("))
+    line = next(x for x in script.read_text().splitlines() if x.startswith(f"{name}=("))
     sets = "; ".join(f"{k}={shell_word(v)}" for k, v in VARS.items())
-    out = subprocess.run(["bash", "-c", f"{sets}; {line}; printf '%s\\0' \"${{container[@]}}\""],
+    out = subprocess.run(["bash", "-c", f"{sets}; {line}; printf '%s\\0' \"${{{name}[@]}}\""],
                          capture_output=True, text=True, check=True).stdout
     return out.split("\0")[:-1]
 
@@ -145,6 +152,13 @@ def test_container_commands_are_the_adapters(tmp_path: Path, runtime: str) -> No
         if entry.module:
             assert f"module load {entry.module}" in (app / "template/script.sh.erb").read_text()
             continue
+        script = app / "template" / "script.sh.erb"
+        if entry.kind == "desktop":
+            desktop = Launch("exec", Path(studio.desktop), ["bash", "/w/desktop.sh"], cwd=Path("/"))
+            assert _container(script, "desktop") == select(runtime, environ={}).argv(desktop)
+            launch = Launch("exec", Path(entry.image), entry.command.split(), cwd=Path("/"))
+            assert _container(script) == select(runtime, environ={}).argv(launch)
+            continue
         spec = KIND_SPECS[entry.kind]
         launch = Launch("exec", Path(entry.image), _expand(spec.args),
                         binds=_expand(spec.binds), gpu=entry.gpu, cwd=Path("/"))
@@ -168,8 +182,12 @@ def test_charliecloud_scripts_ask_the_adapter_at_job_time(tmp_path: Path) -> Non
     ("cluster: hpc\npartitions: [cpu]\napps: [{name: j, kind: jupyter}]",
      "apps[0]: give exactly one of image or module"),
     ("cluster: hpc\npartitions: []\n", "partitions: List should have at least 1 item"),
-    ("cluster: hpc\npartitions: [cpu]\napps: [{name: d, kind: desktop, image: /a.sif}]",
-     "needs command"),
+    ("cluster: hpc\ndesktop: /d.sif\npartitions: [cpu]\napps: [{name: d, kind: desktop, "
+     "image: /a.sif}]", "needs command"),
+    ("cluster: hpc\npartitions: [cpu]\napps: [{name: d, kind: desktop, image: /a.sif, "
+     "command: xmgrace}]", "desktop: desktop apps need the desktop image"),
+    ("cluster: hpc\ndesktop: /d.sif\npartitions: [cpu]\napps: [{name: d, kind: desktop, "
+     "image: /a.sif, command: 'xmgrace; rm'}]", "apps[0].command:"),
     ("cluster: hpc\npartitions: [cpu]\napps: [{name: j, kind: jupyter, image: '/a b.sif'}]",
      "apps[0].image:"),
     ("cluster: hpc\npartitions: [cpu]\napps: [{name: j, kind: jupyter, image: /a, "

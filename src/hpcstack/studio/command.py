@@ -35,17 +35,21 @@ def image_of(app: StudioApp, site: Site | None) -> str:
 def container_argv(studio: Studio, app: StudioApp, site: Site | None,
                    args: list[str], binds: list[str] = ()) -> list[str]:
     """The argv that runs ``args`` in the app's image with the studio's runtime."""
-    image = image_of(app, site)
-    all_binds = [*studio.binds, *app.binds, *binds]
+    return image_argv(studio, image_of(app, site), args, [*app.binds, *binds], app.gpu)
+
+
+def image_argv(studio: Studio, image: str, args: list[str], binds: list[str] = (),
+               gpu: str | None = None) -> list[str]:
+    """The argv that runs ``args`` in ``image`` (the studio's binds first)."""
+    all_binds = [*studio.binds, *binds]
     if studio.runtime == "charliecloud":
         argv = [studio.hpcstack, "exec", "--runtime", "charliecloud"]
         for bind in all_binds:
             argv += ["--bind", bind]
-        if app.gpu:
-            argv.append("--nv" if app.gpu == "nvidia" else "--rocm")
+        if gpu:
+            argv.append("--nv" if gpu == "nvidia" else "--rocm")
         return [*argv, image, *args]
-    launch = Launch("exec", Path(image), list(args), binds=all_binds, gpu=app.gpu,
-                    cwd=Path("/"))
+    launch = Launch("exec", Path(image), list(args), binds=all_binds, gpu=gpu, cwd=Path("/"))
     return select(studio.runtime, environ={}).argv(launch)
 
 

@@ -10,10 +10,10 @@ Example (``examples/studio/studio.yaml``)::
       - name: jupyter
         kind: jupyter
         image: /opt/images/jupyter.sif # or module: jupyter/6.4 (its image, from the site file)
-      - name: paraview
-        kind: desktop
-        module: paraview/5.11          # desktop apps start through their module
-        command: paraview
+      - name: grace
+        kind: desktop                  # runs on the studio's desktop image (desktop:)
+        image: /opt/images/grace.sif   # the app's own image, or module: grace/5.1
+        command: xmgrace
 
 Pure apart from :func:`load_studio` (reads the file and the modules site file it names).
 """
@@ -31,7 +31,7 @@ from hpcstack.errors import UserError
 from hpcstack.modules.config import Site, load_site
 
 KINDS = ("jupyter", "vscode", "tensorboard", "rstudio", "desktop")
-#: Kinds served over HTTP through OOD's reverse proxy (basic template + view.html.erb).
+#: Kinds whose server is the app itself (desktop apps are served by the desktop image).
 WEB_KINDS = ("jupyter", "vscode", "tensorboard", "rstudio")
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 #: Characters an image path, bind or command may use: they go into shell scripts and ERB.
@@ -95,17 +95,28 @@ class StudioApp(_Strict):
     description: str | None = None
     image: str | None = Field(None, description="a SIF file (relative to the studio file)")
     module: str | None = Field(None, description="NAME/VERSION from the modules site file")
-    command: str | None = Field(None, description="desktop: the program to start")
+    command: str | None = Field(None, description="desktop: the program to start, and its "
+                                "arguments (words split at spaces)")
     binds: list[str] = []
     gpu: Literal["nvidia", "amd"] | None = None
     presets: list[str] | None = Field(None, description="preset ids offered (default: all)")
 
     _name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
 
-    @field_validator("image", "module", "command")
+    @field_validator("image", "module")
     @classmethod
     def _safe_text(cls, value: str | None) -> str | None:
         return None if value is None else _safe(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.split():
+                raise ValueError("empty command")
+            for word in value.split():
+                _safe(word)
+        return value
 
     @field_validator("binds")
     @classmethod
@@ -145,7 +156,13 @@ class Studio(_Strict):
     presets: list[Preset] = Field(default_factory=lambda: list(DEFAULT_PRESETS), min_length=1)
     working_dir_root: str = Field("", description="where the file picker starts (default: home)")
     binds: list[str] = []
-    window_manager: str | None = Field("xfwm4", description="desktop apps: started first")
+    desktop: str | None = Field(None, description="desktop apps: the image with the VNC "
+                                "server, noVNC and the desktop session (examples/studio/"
+                                "desktop.def)")
+    desktop_session: str = Field("startxfce4", description="desktop apps: the session the "
+                                 "desktop image starts on its display")
+    geometry: str = Field("1280x800", pattern=r"^[1-9][0-9]{2,4}x[1-9][0-9]{2,4}$",
+                          description="desktop apps: the display's size")
     apps: list[StudioApp] = []
 
     _cluster = field_validator("cluster")(classmethod(lambda cls, v: _name(v)))
@@ -155,10 +172,15 @@ class Studio(_Strict):
     def _partitions(cls, value: list[str]) -> list[str]:
         return [_safe(p) for p in value]
 
-    @field_validator("hpcstack", "module_init", "working_dir_root")
+    @field_validator("hpcstack", "module_init", "working_dir_root", "desktop_session")
     @classmethod
     def _paths(cls, value: str) -> str:
         return value if value == "" else _safe(value)
+
+    @field_validator("desktop")
+    @classmethod
+    def _desktop(cls, value: str | None) -> str | None:
+        return None if value is None else _safe(value)
 
     @model_validator(mode="after")
     def _unique(self) -> Studio:
@@ -168,6 +190,9 @@ class Studio(_Strict):
         names = [a.name for a in self.apps]
         if len(set(names)) != len(names):
             raise ValueError("apps: a name is listed twice")
+        if self.desktop is None and any(a.kind == "desktop" for a in self.apps):
+            raise ValueError("desktop: desktop apps need the desktop image (a VNC server, "
+                             "noVNC and a desktop session; see examples/studio/desktop.def)")
         for app in self.apps:
             unknown = set(app.presets or []) - set(ids)
             if unknown:
@@ -198,7 +223,8 @@ def _absolute(studio: Studio, base: Path) -> Studio:
         return p if p is None or p.startswith("/") else str((base / p).resolve())
 
     apps = [a.model_copy(update={"image": absolute(a.image)}) for a in studio.apps]
-    return studio.model_copy(update={"apps": apps, "modules": absolute(studio.modules)})
+    return studio.model_copy(update={"apps": apps, "modules": absolute(studio.modules),
+                                     "desktop": absolute(studio.desktop)})
 
 
 def _check_modules(studio: Studio, site: Site | None, where: str) -> None:

@@ -2,9 +2,11 @@
 
 Every app gets ``manifest.yml``, ``form.yml`` and ``submit.yml.erb`` (from
 ``templates/common``) and the files of its kind (``templates/KIND``: the
-``template/*.sh.erb`` scripts, ``view.html.erb`` for web apps; web apps also get
-``template/after.sh.erb``).  Each app is rendered into a temporary directory
-beside the output and renamed into place, so a failed run changes nothing.
+``template/*.sh.erb`` scripts and ``view.html.erb``; kinds without an ``after.sh`` of their
+own get ``common/after.sh.erb``, which waits for the port).  Every kind uses OOD's
+``basic`` template: desktops run their VNC server inside the desktop image themselves.
+Each app is rendered into a temporary directory beside the output and renamed into
+place, so a failed run changes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from hpcstack.errors import UserError
 from hpcstack.modules.config import Site
-from hpcstack.studio.command import bash_array, container_argv, image_of
+from hpcstack.studio.command import bash_array, container_argv, image_argv, image_of
 from hpcstack.studio.config import Studio, StudioApp
 
 TITLES = {"jupyter": "Jupyter", "vscode": "VS Code", "tensorboard": "TensorBoard",
@@ -64,9 +66,17 @@ def environment() -> Environment:
 def app_argv(studio: Studio, app: StudioApp, site: Site | None) -> list[str] | None:
     """The container command an app's script.sh runs; None when it starts through a module."""
     if app.kind == "desktop":
-        return None if app.module else container_argv(studio, app, site, [app.command or ""])
+        words = (app.command or "").split()
+        return None if app.module else container_argv(studio, app, site, words)
     spec = KIND_SPECS[app.kind]
     return container_argv(studio, app, site, list(spec.args), list(spec.binds))
+
+
+def desktop_argv(studio: Studio) -> list[str] | None:
+    """The desktop image's command: ``desktop.sh`` (staged beside the session) inside it."""
+    if studio.desktop is None:
+        return None
+    return image_argv(studio, studio.desktop, ["bash", "${session}/desktop.sh"])
 
 
 def _modulepath(studio: Studio, site: Site | None) -> str:
@@ -84,9 +94,10 @@ def _context(studio: Studio, app: StudioApp, site: Site | None, source: str) -> 
         "app_title": title,
         "description": app.description or f"{title} in a container ({os.path.basename(image)})",
         "presets": studio.app_presets(app),
-        "template": "basic" if app.web else "vnc",
+        "template": "basic",
         "extra_fields": ["logdir"] if app.kind == "tensorboard" else [],
         "container_line": bash_array("container", argv) if argv else "",
+        "desktop_line": bash_array("desktop", desktop_argv(studio) or []),
         "image_note": f"the module {app.module}" if app.module else image,
         "modulepath": _modulepath(studio, site),
     }
@@ -103,7 +114,7 @@ def render_app(studio: Studio, app: StudioApp, site: Site | None,
     for name in names:
         rel = name.split("/", 1)[1].removesuffix(".j2")
         files[rel] = env.get_template(name).render(ctx)
-    if app.web:
+    if "template/after.sh.erb" not in files:
         files["template/after.sh.erb"] = env.get_template("common/after.sh.erb.j2").render(ctx)
     return files
 
