@@ -30,6 +30,7 @@ from test_service import (  # noqa: F401  (fixtures)
     account,
     data_dir,
     free_port,
+    in_module_shell,
     munge,
     registry_args,
 )
@@ -227,6 +228,19 @@ def test_compose_build_terminal_download_delete(service: Service, portal: Portal
     assert "Ready" in text_of(d, "#state")
     shot(d, "container")
 
+    # The image as the user's own module (u2cb module), from the page's button.
+    modules = user.home / ".local/share/hpcstack/modules"
+    service.u2cb(user, "module", "--remove", "-n", "tools")  # a previous run's
+    d.find_element(By.ID, "commands").send_keys("hello")
+    d.find_element(By.ID, "make-module").send_keys(Keys.ENTER)
+    wait(d, lambda d: "Module tools/latest made with hello" in text_of(d, "#note"),
+         timeout=300, what="the module made")
+    assert f"module use {modules}; module load tools" in text_of(d, "#note")
+    proc = in_module_shell(user, "module use ~/.local/share/hpcstack/modules && "
+                           "module load tools && hello")
+    assert proc.stdout.strip() == "Hello, world!", proc.stdout + proc.stderr
+    service.u2cb(user, "module", "--remove", "-n", "tools", check=True)
+
     # Download: the SIF, as the service has it.
     d.find_element(By.ID, "download").send_keys(Keys.ENTER)
     sif = d.downloads / "tools.sif"
@@ -300,6 +314,19 @@ def test_list_shows_live_states(service: Service, portal: Portal, browser,
          what="the state turning ready without a reload")
     assert text_of(browser, "tr[data-name=tiny] .size-cell") != "-"
     shot(browser, "list")
+    # At 200% zoom (half the CSS pixels across) the page reflows: nothing to scroll sideways.
+    for path in ("/", "/new", "/c/tiny"):
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": 640, "height": 1000, "deviceScaleFactor": 2, "mobile": False})
+        try:
+            browser.get(f"{portal.url}{path}")
+            wide = browser.execute_script("return [document.documentElement.scrollWidth, "
+                                          "document.documentElement.clientWidth]")
+            assert wide[0] <= wide[1], (path, wide)
+            if path == "/":
+                shot(browser, "list-zoom200")
+        finally:
+            browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 # --- a second user ------------------------------------------------------------------------
@@ -380,7 +407,7 @@ def test_upload_over_the_limit(service: Service, portal: Portal, browser, user: 
     d = browser
     d.get(f"{portal.url}/new")
     d.find_element(By.ID, "name").send_keys("big")
-    d.find_element(By.ID, "mode-upload").click()
+    d.find_element(By.ID, "mode-upload").send_keys(Keys.SPACE)
     d.find_element(By.ID, "deffile").send_keys(str(definition))
     wait(d, lambda d: "%files" in d.find_element(By.ID, "definition").get_attribute("value"),
          what="the uploaded definition in the editor")

@@ -20,9 +20,10 @@ from hpcstack.service.models import base_problem
 # Debian policy 5.6.1: lower case, digits, + - . ; at least two characters; then an optional
 # =VERSION (epoch, upstream, revision characters) or :ARCH.
 DEB_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?")
-# PEP 508 names (letters, digits, . _ -), optional extras and one version clause.
+# PEP 508 names (letters, digits, . _ -), optional extras and an exact ==VERSION: no
+# < > ! * (each means something to the shell), so no ranges; pin a version or leave it.
 PIP_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?(\[[A-Za-z0-9._,-]+\])?"
-                    r"((==|>=|<=|~=|!=|<|>)[A-Za-z0-9.*+!-]+)?")
+                    r"(==[A-Za-z0-9.+-]+)?")
 FILENAME = "build.def"
 
 
@@ -55,8 +56,9 @@ def split_names(raw: str) -> list[str]:
 def name_problems(field: str, names: list[str], pattern: re.Pattern[str],
                   what: str) -> list[Problem]:
     """A problem for each name that is not a plain package name (refused, not escaped)."""
+    version = "=VERSION" if what == "Debian" else "==VERSION"
     return [Problem(field=field, message=f"{field}: {name!r} is not a {what} package name "
-                    "(letters, digits and . + - only, then an optional version)")
+                    f"(letters, digits and . + - only, then an optional {version})")
             for name in names if not pattern.fullmatch(name)]
 
 

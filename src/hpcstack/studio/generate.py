@@ -5,6 +5,8 @@ Every app gets ``manifest.yml``, ``form.yml`` and ``submit.yml.erb`` (from
 ``template/*.sh.erb`` scripts, ``view.html.erb`` for web apps; web apps also get
 ``template/after.sh.erb``).  Each app is rendered into a temporary directory
 beside the output and renamed into place, so a failed run changes nothing.
+The studio file's ``u2cb:`` entry adds the U2CB page, a Passenger app
+(``templates/u2cb``: ``manifest.yml``, the ``app.js`` launcher, ``portal.yaml``).
 """
 
 from __future__ import annotations
