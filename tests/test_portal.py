@@ -305,13 +305,21 @@ def test_list_shows_live_states(service: Service, portal: Portal, browser,
     (work / "tiny.def").write_text("Bootstrap: scratch\n\n%setup\n    sleep 3\n"
                                    "    echo hi > \"$APPTAINER_ROOTFS/hi.txt\"\n")
     os.chown(work / "tiny.def", user.uid, user.gid)
-    service.u2cb(user, "defcreate", "-n", "tiny", "-d", "tiny.def", "--detach", cwd=work,
-                 check=True)
+    (work / "broken.def").write_text("Bootstrap: scratch\n\n%setup\n    exit 3\n")
+    os.chown(work / "broken.def", user.uid, user.gid)
+    for name in ("tiny", "broken"):
+        service.u2cb(user, "defcreate", "-n", name, "-d", f"{name}.def", "--detach", cwd=work,
+                     check=True)
     browser.get(f"{portal.url}/")
     row = browser.find_element(By.CSS_SELECTOR, "tr[data-name=tiny]")
-    assert "scratch" not in row.text and "tiny.def" in row.text
+    assert "tiny.def" in row.text
     wait(browser, lambda d: text_of(d, "tr[data-name=tiny] .state") == "Ready", timeout=120,
          what="the state turning ready without a reload")
+    wait(browser, lambda d: text_of(d, "tr[data-name=broken] .state").startswith("Failed: "),
+         timeout=120, what="the failed build with its reason")
+    reason = service.get(user, "/containers/broken").json()["reason"]
+    assert "exit status 3" in reason
+    assert text_of(browser, "tr[data-name=broken] .state") == f"Failed: {reason}"
     assert text_of(browser, "tr[data-name=tiny] .size-cell") != "-"
     shot(browser, "list")
     # At 200% zoom (half the CSS pixels across) the page reflows: nothing to scroll sideways.
@@ -327,6 +335,25 @@ def test_list_shows_live_states(service: Service, portal: Portal, browser,
                 shot(browser, "list-zoom200")
         finally:
             browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_cancel_from_the_page(service: Service, portal: Portal, browser, user: User) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    work = user.workdir("portal-cancel")
+    (work / "slow.def").write_text("Bootstrap: scratch\n\n%setup\n    echo waiting\n"
+                                   "    sleep 300\n")
+    os.chown(work / "slow.def", user.uid, user.gid)
+    service.u2cb(user, "defcreate", "-n", "slow", "-d", "slow.def", "--detach", cwd=work,
+                 check=True)
+    browser.get(f"{portal.url}/c/slow")
+    wait(browser, lambda d: "waiting" in text_of(d, "#log"), timeout=120, what="the build running")
+    browser.find_element(By.ID, "cancel").send_keys(Keys.ENTER)
+    wait(browser, lambda d: text_of(d, "#state").startswith("Cancelled"), timeout=60,
+         what="the build cancelled")
+    assert service.get(user, "/containers/slow").json()["state"] == "cancelled"
+    service.u2cb(user, "delete", "-n", "slow", check=True)
 
 
 # --- a second user ------------------------------------------------------------------------
@@ -366,6 +393,7 @@ def test_second_user_sees_none_of_the_first(service: Service, portal: Portal, se
     assert asyncio.run(log_message()) == {"error": "tiny: no such container"}
     # The first user's own page still shows it.
     assert "tiny" in httpx.get(f"{portal.url}/", timeout=30).text
+    assert "broken" not in listing.text
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -384,13 +412,13 @@ def test_shell_metacharacters_never_reach_post(portal: Portal) -> None:
 
 def test_syntax_error_starts_no_build(service: Service, portal: Portal, user: User) -> None:
     resp = httpx.post(f"{portal.url}/api/build", timeout=30, data={
-        "name": "broken", "mode": "definition", "filename": "mine.def",
+        "name": "badsyntax", "mode": "definition", "filename": "mine.def",
         "definition": "Bootstrap: docker\nFrom: debian:bookworm\nthis is not a header\n"})
     assert resp.status_code == 422
     assert resp.json()["problems"] == [{
         "field": "definition", "line": 3,
         "message": "mine.def:3: expected 'Key: value' in header, got 'this is not a header'"}]
-    assert service.get(user, "/containers/broken").status_code == 404
+    assert service.get(user, "/containers/badsyntax").status_code == 404
 
 
 def test_upload_over_the_limit(service: Service, portal: Portal, browser, user: User,

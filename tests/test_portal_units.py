@@ -105,3 +105,28 @@ def test_studio_refuses_a_bad_base_and_a_taken_name() -> None:
     with pytest.raises(UserError, match="a name is listed twice"):
         parse_studio("cluster: hpc\npartitions: [cpu]\nu2cb: {}\n"
                      "apps: [{name: u2cb, kind: jupyter, image: /x.sif}]\n")
+
+
+def test_requests_from_another_site_are_refused() -> None:
+    """A page of another site cannot make the user's browser act (forms, WebSockets);
+    the service itself is not needed for that (an unreachable one here)."""
+    from fastapi.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from hpcstack.portal.app import create_app
+
+    app = create_app(PortalConfig(server="http://127.0.0.1:9"), "/pun/sys/u2cb")
+    web = TestClient(app)
+    evil = {"Origin": "https://evil.example"}
+    for path in ("/c/box/delete", "/c/box/cancel", "/api/build"):
+        resp = web.post(f"/pun/sys/u2cb{path}", headers=evil)
+        assert resp.status_code == 403 and "another site" in resp.json()["detail"]
+    with pytest.raises(WebSocketDisconnect) as closed, \
+            web.websocket_connect("/pun/sys/u2cb/c/box/connect/ws", headers=evil) as ws:
+        ws.receive_text()
+    assert closed.value.code == 1008
+    same = {"Origin": "http://testserver"}
+    resp = web.post("/pun/sys/u2cb/api/check", headers=same, json={"text": "Bootstrap: x\n"})
+    assert resp.json()["problems"][0]["message"] == "build.def:1: unknown bootstrap agent x"
+    resp = web.get("/pun/sys/u2cb/")  # the service is down: one line, on the page
+    assert resp.status_code == 502 and "cannot reach the build service" in resp.text

@@ -29,6 +29,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 
 from hpcstack.client.api import Client, check
 from hpcstack.client.api import load_config as client_config
+from hpcstack.client.main import human
 from hpcstack.errors import UserError
 from hpcstack.portal.compose import FILENAME, Composed, ComposeForm, Problem, checked, compose
 from hpcstack.portal.config import PortalConfig
@@ -48,17 +49,6 @@ STATES = {
 class CheckRequest(BaseModel):
     text: str
     filename: str = FILENAME
-
-
-def human(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def templates() -> Environment:
@@ -119,7 +109,8 @@ def create_app(config: PortalConfig, base_uri: str = "/") -> FastAPI:
 
     @router.get("/", response_class=HTMLResponse)
     def containers(deleted: str | None = None) -> HTMLResponse:
-        return page("list.html", containers=client.list(), deleted=deleted)
+        shown = deleted if deleted and not name_problem(deleted) else None  # a name, no text
+        return page("list.html", containers=client.list(), deleted=shown)
 
     @router.get("/new", response_class=HTMLResponse)
     def new() -> HTMLResponse:
@@ -127,8 +118,8 @@ def create_app(config: PortalConfig, base_uri: str = "/") -> FastAPI:
                     filename=FILENAME)
 
     @router.get("/c/{name}", response_class=HTMLResponse)
-    def container(name: str, note: str | None = None) -> HTMLResponse:
-        return page("container.html", c=client.status(valid(name)), note=note)
+    def container(name: str) -> HTMLResponse:
+        return page("container.html", c=client.status(valid(name)), note=None)
 
     @router.post("/c/{name}/cancel")
     def cancel(name: str) -> RedirectResponse:
