@@ -28,8 +28,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from hpcstack.client.api import Client, check
-from hpcstack.client.api import load_config as client_config
-from hpcstack.client.main import human
+from hpcstack.client.config import load_config as client_config
+from hpcstack.client.quick import human
 from hpcstack.errors import UserError
 from hpcstack.portal.compose import FILENAME, Composed, ComposeForm, Problem, checked, compose
 from hpcstack.portal.config import PortalConfig
