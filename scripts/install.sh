@@ -41,6 +41,7 @@ PACKAGES=(
   hpcc libopenblas0-serial                # hpcstack bench: HPC Challenge with OpenBLAS (the same build goes in its image)
   ruby chromium chromium-driver           # studio tests: OOD's ERB (erb), headless Chromium for the Jupyter page
   logrotate                               # rotates the usage records of container apps (logrotate/)
+  nodejs                                  # U2CB portal: its Passenger launcher (app.js); npm brings xterm.js
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -54,6 +55,9 @@ fi
 # The Debian docker-registry package starts a registry on :5000; hpcstack's tests
 # start their own, and a site configures its own.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
+# Debian's npm is its own package; NodeSource's nodejs carries npm itself.
+command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+"$HERE/scripts/portal-assets.sh"          # xterm.js into the package, before pip copies it
 
 echo "==> $PREFIX (Python $(/usr/bin/python3 -V | cut -d' ' -f2))"
 if [ ! -x "$PREFIX/bin/python" ]; then

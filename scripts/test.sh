@@ -8,6 +8,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ ! -x "$PREFIX/bin/pytest" ]; then
   "$HERE/scripts/install.sh"
 fi
+[ -f "$HERE/src/hpcstack/portal/static/vendor/xterm.js" ] || "$HERE/scripts/portal-assets.sh"
 # Test exactly this checkout (not an editable link: users may not read the clone).
 "$PREFIX/bin/pip" install -q --no-deps --force-reinstall "$HERE" 2>&1 | grep -v '^WARNING' || true
 chmod -R a+rX "$PREFIX"

@@ -318,9 +318,10 @@ def my_modules(site: Path | None = None):  # type: ignore[no-untyped-def]
     return user_site(load_site(site) if site.is_file() else None)
 
 
-def make_module(c: Client, name: str, commands: list[str] | None, site_file: Path | None,
-                quiet: bool = False) -> None:
-    """Download NAME (checksum-checked) and deploy it as the module NAME/latest."""
+def deploy_module(c: Client, name: str, commands: list[str] | None, site_file: Path | None,
+                  quiet: bool = False):  # type: ignore[no-untyped-def]
+    """Download NAME (checksum-checked) and deploy it as the module NAME/latest: the
+    deploy report and the user's module site (the portal's button does the same)."""
     from hpcstack.client.transfer import download as fetch
     from hpcstack.modules import personal
 
@@ -331,7 +332,13 @@ def make_module(c: Client, name: str, commands: list[str] | None, site_file: Pat
     target = personal.source_of(mine, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     fetch(c, name, target, quiet)
-    report = personal.add(mine, name, target, commands)
+    return personal.add(mine, name, target, commands), mine
+
+
+def make_module(c: Client, name: str, commands: list[str] | None, site_file: Path | None,
+                quiet: bool = False) -> None:
+    """Download NAME (checksum-checked) and deploy it as the module NAME/latest."""
+    report, mine = deploy_module(c, name, commands, site_file, quiet)
     for warning in report.warnings:
         err.print(f"warning: {warning}", soft_wrap=True)
     [done] = report.deployed

@@ -140,6 +140,45 @@ class StudioApp(_Strict):
         return self.kind in WEB_KINDS
 
 
+class U2cbBase(_Strict):
+    """A base image the U2CB page offers (the catalog's published images, as pulled)."""
+
+    label: str
+    ref: str = Field(description="docker://REF or debootstrap://SUITE")
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        from hpcstack.service.models import base_problem
+
+        if problem := base_problem(value, "ref"):
+            raise ValueError(problem)
+        return value
+
+
+class U2cbPortal(_Strict):
+    """The U2CB page: a Passenger app (``app.js``) that runs as the logged-in user."""
+
+    name: str = "u2cb"
+    title: str = "Container builds (U2CB)"
+    description: str = ("Build your own container images without root: from a base image, "
+                        "with packages, or from a definition file; a root shell in a sandbox.")
+    category: str = "Files"
+    subcategory: str = "Containers"
+    server: str | None = Field(None, description="the U2CB service (default: as u2cb finds it)")
+    python: str | None = Field(None, description="hpcstack's Python on the portal host "
+                               "(default: the one running generate)")
+    max_upload: int | None = Field(None, ge=1, description="bytes the page sends at most")
+    bases: list[U2cbBase] = []
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str | None) -> str | None:
+        return None if value is None else _safe(value)
+
+
 class Studio(_Strict):
     """The whole studio file."""
 
@@ -164,6 +203,7 @@ class Studio(_Strict):
     geometry: str = Field("1280x800", pattern=r"^[1-9][0-9]{2,4}x[1-9][0-9]{2,4}$",
                           description="desktop apps: the display's size")
     apps: list[StudioApp] = []
+    u2cb: U2cbPortal | None = Field(None, description="the U2CB page (a Passenger app)")
 
     _cluster = field_validator("cluster")(classmethod(lambda cls, v: _name(v)))
 
@@ -187,7 +227,7 @@ class Studio(_Strict):
         ids = [p.id for p in self.presets]
         if len(set(ids)) != len(ids):
             raise ValueError("presets: an id is listed twice")
-        names = [a.name for a in self.apps]
+        names = [a.name for a in self.apps] + ([self.u2cb.name] if self.u2cb else [])
         if len(set(names)) != len(names):
             raise ValueError("apps: a name is listed twice")
         if self.desktop is None and any(a.kind == "desktop" for a in self.apps):

@@ -7,6 +7,8 @@ own get ``common/after.sh.erb``, which waits for the port).  Every kind uses OOD
 ``basic`` template: desktops run their VNC server inside the desktop image themselves.
 Each app is rendered into a temporary directory beside the output and renamed into
 place, so a failed run changes nothing.
+The studio file's ``u2cb:`` entry adds the U2CB page, a Passenger app
+(``templates/u2cb``: ``manifest.yml``, the ``app.js`` launcher, ``portal.yaml``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from hpcstack.errors import UserError
 from hpcstack.modules.config import Site
 from hpcstack.studio.command import bash_array, container_argv, image_argv, image_of
-from hpcstack.studio.config import Studio, StudioApp
+from hpcstack.studio.config import Studio, StudioApp, U2cbPortal
 
 TITLES = {"jupyter": "Jupyter", "vscode": "VS Code", "tensorboard": "TensorBoard",
           "rstudio": "RStudio Server"}
@@ -119,14 +122,26 @@ def render_app(studio: Studio, app: StudioApp, site: Site | None,
     return files
 
 
+def render_portal(portal: U2cbPortal, source: str = "the studio file") -> dict[str, str]:
+    """The U2CB page's Passenger app: ``manifest.yml``, the ``app.js`` launcher and the
+    page's settings (pure)."""
+    env = environment()
+    ctx = {"portal": portal, "source": source, "python": portal.python or sys.executable}
+    return {n: env.get_template(f"u2cb/{n}.j2").render(ctx)
+            for n in ("manifest.yml", "app.js", "portal.yaml")}
+
+
 def generate(studio: Studio, site: Site | None, outdir: Path, only: list[str] | None = None,
              source: str = "the studio file") -> list[Path]:
     """Write the apps (all, or those named in ``only``) under ``outdir``; their directories."""
     apps = [a for a in studio.apps if not only or a.name in only]
-    missing = set(only or []) - {a.name for a in studio.apps}
+    portal = studio.u2cb
+    missing = set(only or []) - {a.name for a in studio.apps} - ({portal.name} if portal else set())
     if missing:
         raise UserError(f"--only {sorted(missing)[0]}: no such app in {source}")
     rendered = {a.name: render_app(studio, a, site, source) for a in apps}  # all or nothing
+    if portal is not None and (not only or portal.name in only):
+        rendered[portal.name] = render_portal(portal, source)
     outdir.mkdir(parents=True, exist_ok=True)
     return [_install(outdir, name, files) for name, files in rendered.items()]
 

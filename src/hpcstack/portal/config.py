@@ -1,0 +1,44 @@
+"""The portal's settings file, written by ``hpcstack studio generate`` (``portal.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hpcstack import yamlfile
+from hpcstack.service.models import base_problem
+
+
+class Base(BaseModel):
+    """A base image the page offers: a label and what ``u2cb create -b`` takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    ref: str = Field(description="docker://REF or debootstrap://SUITE")
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        if problem := base_problem(value, "ref"):
+            raise ValueError(problem)
+        return value
+
+
+class PortalConfig(BaseModel):
+    """Where the service is (else as ``u2cb`` finds it) and the bases the page offers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str = "Container builds (U2CB)"
+    server: str | None = Field(None, description="the U2CB service URL (default: as u2cb)")
+    bases: list[Base] = []
+    max_upload: int | None = Field(None, ge=1, description="bytes; the page refuses more "
+                                   "before sending (the service enforces its own)")
+
+
+def load_config(path: Path | None) -> PortalConfig:
+    if path is None:
+        return PortalConfig()
+    return yamlfile.parse(yamlfile.read(path), PortalConfig, str(path))
