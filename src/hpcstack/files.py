@@ -8,15 +8,15 @@ or the new one, never a part.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
+    import hashlib  # here, not at the top: container launches import this module
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK):
@@ -26,6 +26,8 @@ def sha256_file(path: Path) -> str:
 
 def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` through a temporary file, then rename."""
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

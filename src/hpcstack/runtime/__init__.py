@@ -14,15 +14,17 @@ shows the command line; :func:`execute` replaces the calling process with it
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
-from typing import NoReturn
 
 from hpcstack.errors import UserError
 from hpcstack.runtime.apptainer import Apptainer, Singularity
 from hpcstack.runtime.base import Bind, Launch, Plan, Runtime
 from hpcstack.runtime.charliecloud import Charliecloud
 from hpcstack.runtime.sif import DataType, Descriptor, SifImage, read_sif
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on every launch
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 RUNTIMES: dict[str, type[Runtime]] = {
     "apptainer": Apptainer,
@@ -64,6 +66,8 @@ def detect(environ: Mapping[str, str] | None = None) -> Runtime:
     env = os.environ if environ is None else environ
     if env.get("HPCSTACK_RUNTIME"):
         return select(env["HPCSTACK_RUNTIME"], environ)
+    import shutil
+
     for name, cls in RUNTIMES.items():
         if shutil.which(cls.binary, path=env.get("PATH")):
             return select(name, environ)

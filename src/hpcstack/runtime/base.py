@@ -10,23 +10,25 @@ command lines can be tested without the runtime installed; ``execute`` and
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import subprocess
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, NoReturn
 
 from hpcstack.errors import UserError
 
-log = logging.getLogger("hpcstack.runtime")
+# typing, logging and subprocess are imported only where needed: `hpcstack exec` and
+# every module wrapper start here, and each import is paid on every container launch.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on every launch
+if TYPE_CHECKING:
+    from typing import ClassVar, Literal, NoReturn
 
-Action = Literal["exec", "run", "shell", "test"]
-Gpu = Literal["nvidia", "amd"]
+    Action = Literal["exec", "run", "shell", "test"]
+    Gpu = Literal["nvidia", "amd"]
+
 ACTIONS: tuple[str, ...] = ("exec", "run", "shell", "test")
 GPUS: tuple[str, ...] = ("nvidia", "amd")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -155,8 +157,11 @@ class Runtime(ABC):
         plan = self.plan(launch)
         if not plan.cwd.is_dir():
             raise UserError(f"{plan.cwd}: working directory does not exist")
-        for note in plan.notes:
-            log.warning("%s", note)
+        if plan.notes:
+            import logging
+
+            for note in plan.notes:
+                logging.getLogger("hpcstack.runtime").warning("%s", note)
         return plan
 
     def execute(self, launch: Launch) -> NoReturn:
@@ -174,6 +179,8 @@ class Runtime(ABC):
 
     def run(self, launch: Launch) -> int:
         """Run the container as a child; its exit status (128+N when killed by signal N)."""
+        import subprocess
+
         plan = self.command(launch)
         try:
             proc = subprocess.run(plan.argv, env=plan.env, cwd=plan.cwd, check=False)

@@ -23,13 +23,8 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
-import logging
 import os
-import shutil
 import stat
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -41,7 +36,9 @@ from hpcstack.files import tree_size, write_atomic
 from hpcstack.runtime.base import Mountpoint
 from hpcstack.runtime.sif import FsType, is_sif, read_sif
 
-log = logging.getLogger("hpcstack.runtime")
+# hashlib, tempfile, shutil, subprocess and logging are imported where extraction and
+# pruning need them: running an image already extracted (every `hpcstack exec` and
+# module wrapper call but the first) should not pay for them.
 
 SQUASHFS_MAGIC = b"hsqs"
 
@@ -78,6 +75,8 @@ def locate(image: Path) -> Squash:
             raise UserError(f"{image}: primary partition is {fs}, only SquashFS can be run")
         return Squash(image, part.offset, f"{sif.id}-{st.st_mtime_ns}")
     if _head(image, 4) == SQUASHFS_MAGIC:
+        import hashlib
+
         digest = hashlib.sha256(str(image.absolute()).encode()).hexdigest()[:16]
         return Squash(image, 0, f"sqfs-{digest}-{st.st_mtime_ns}")
     raise UserError(f"{image}: not a SIF image (bad magic)")
@@ -94,6 +93,8 @@ def extract(squash: Squash, dest: Path) -> Path:
         for stale in dest.parent.glob(f".{dest.name}.*"):
             if stale.is_dir():  # left by a run killed mid-extraction; we hold the lock now
                 remove_tree(stale)
+        import tempfile
+
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
             _unsquash(squash, tmp / "root")
@@ -232,6 +233,8 @@ def remove_tree(path: Path) -> None:
         func(failed)
 
     if path.exists():
+        import shutil
+
         shutil.rmtree(path, onerror=retry)
 
 
@@ -264,12 +267,17 @@ def _unsquash(squash: Squash, dest: Path) -> None:
         str(squash.path),
     ]
     try:
+        import subprocess
+
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise UserError("unsquashfs: not found (install squashfs-tools)") from None
     detail = _last_line(proc.stderr or proc.stdout)
     if proc.returncode == 2:
-        log.warning("%s: unsquashfs reported non-fatal errors: %s", squash.path, detail)
+        import logging
+
+        logging.getLogger("hpcstack.runtime").warning(
+            "%s: unsquashfs reported non-fatal errors: %s", squash.path, detail)
     elif proc.returncode != 0:
         raise UserError(f"{squash.path}: cannot extract its SquashFS partition ({detail})")
 

@@ -66,7 +66,6 @@ import os
 import pwd
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
 from hpcstack.errors import UserError
 from hpcstack.runtime.base import Launch, Mountpoint, Plan, Runtime
@@ -84,7 +83,11 @@ GPU_NOTES = {
     "but ROCm libraries must already be in the image",
 }
 
-State = Literal["present", "creatable", "blocked"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on every launch
+if TYPE_CHECKING:  # typing is not imported on the launch path
+    from typing import Literal
+
+    State = Literal["present", "creatable", "blocked"]
 #: Without action scripts, ``shell`` still names the shell in SHELL (as Apptainer's does).
 SHELL_EXPORT = ("/bin/sh", "-c", 'SHELL="$0"; export SHELL; exec "$0" "$@"')
 

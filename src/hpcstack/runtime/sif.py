@@ -20,16 +20,17 @@ Only descriptors marked used are objects of the image.
 
 from __future__ import annotations
 
-import json
 import struct
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, BinaryIO
 
 from hpcstack.errors import UserError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on every launch
+if TYPE_CHECKING:  # typing is not imported on the launch path
+    from typing import Any, BinaryIO
 
 MAGIC = b"SIF_MAGIC\0"
 VERSION = b"01\0"
@@ -169,6 +170,8 @@ class SifImage:
     def _json(self, descriptor: Descriptor) -> dict[str, Any]:
         """A generic JSON object that must hold a JSON object; one clear line if not."""
         try:
+            import json
+
             data = json.loads(self.read(descriptor))
         except ValueError as err:
             raise UserError(f"{self.path}: {descriptor.name} in SIF image is not JSON "
@@ -238,7 +241,7 @@ def _image(path: Path, raw: bytes, header: tuple, table: bytes, size: int) -> Si
             descriptors.append(d)
     return SifImage(
         path=path,
-        id=str(uuid.UUID(bytes=uid)),
+        id=_uuid_text(uid),
         launch_script=_text(launch),
         version=_text(version),
         arch=_arch(arch),
@@ -294,3 +297,9 @@ def _time(seconds: int) -> datetime:
         return datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
         return datetime.fromtimestamp(0, UTC)
+
+
+def _uuid_text(raw: bytes) -> str:
+    """``str(uuid.UUID(bytes=raw))`` without importing uuid (and platform) on every launch."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
