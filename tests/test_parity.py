@@ -10,7 +10,9 @@ with ``%files from``, ``Bootstrap: docker`` from the local TLS registry, ``local
 hello image (``@BASE@``), so both builders start from the very same root and only the
 sections under comparison differ.  The heavier examples (examples/modules/*.def,
 examples/studio/*.def: minutes each with Apptainer) join the set with
-``HPCSTACK_PARITY_EXAMPLES=all``.
+``HPCSTACK_PARITY_EXAMPLES=all``.  ``HPCSTACK_PARITY_REUSE=1`` reuses the images of an
+earlier run whose definitions are unchanged (only while working on the comparisons: a
+builder change needs fresh images).
 
 Compared, per definition: the ``/.singularity.d`` listing; its files' contents; the
 ``apptainer inspect --all --json`` attributes; ``apptainer run|exec|test|run-help`` and
@@ -97,27 +99,36 @@ def definition(name: str, base: Path | None, reg: str) -> str:
 def builds(user: User, apptainer: Apptainer, registry) -> Iterator[dict]:  # noqa: F811
     """Where each definition is built (lazily, once per session) and the shared base."""
     need("unsquashfs", "mmdebstrap", "ch-run")
-    work = user.workdir("parity")
+    work = user.home / "work" / "parity"  # each definition's folder is emptied before its build
+    user.run(["mkdir", "-p", str(work)], check=True)
     cert_env = {"SSL_CERT_DIR": f"{registry['certs']}:/etc/ssl/certs"}
-    state: dict = {"work": work, "pairs": {}, "base": None}
+    state: dict = {"work": work, "pairs": {}, "failed": {}, "base": None}
 
     def build(name: str) -> Pair:
+        if name in state["failed"]:
+            pytest.fail(state["failed"][name], pytrace=False)
         if name in state["pairs"]:
             return state["pairs"][name]
         base = state["base"]
         if base is None and name != "hello":
             base = build("hello").theirs
-            state["base"] = base
         d = work / name
-        user.run(["mkdir", "-p", str(d)], check=True)
-        put(user, d / f"{name}.def", definition(name, base, registry["host"]))
-        ours = user.hpcstack("build", "--engine", "builtin", "--docker-cert-dir",
-                             str(registry["certs"]), "hpcstack.sif", f"{name}.def", cwd=d)
-        theirs = apptainer.run(user, ["build", "--fakeroot", "apptainer.sif", f"{name}.def"],
-                               cwd=d, env=cert_env)
-        assert theirs.returncode == 0, f"apptainer build {name}: {theirs.stderr[-3000:]}"
-        assert ours.returncode == 0, f"hpcstack build {name}: {ours.stderr[-3000:]}"
+        text = definition(name, base, registry["host"])
         pair = Pair(name, d / "hpcstack.sif", d / "apptainer.sif")
+        reuse = (os.environ.get("HPCSTACK_PARITY_REUSE") == "1" and pair.ours.exists()
+                 and pair.theirs.exists() and (d / f"{name}.def").read_text() == text)
+        if not reuse:
+            user.run(["rm", "-rf", str(d)], check=True)
+            user.run(["mkdir", "-p", str(d)], check=True)
+            put(user, d / f"{name}.def", text)
+            ours = user.hpcstack("build", "--engine", "builtin", "--docker-cert-dir",
+                                 str(registry["certs"]), "hpcstack.sif", f"{name}.def", cwd=d)
+            theirs = apptainer.run(user, ["build", "--fakeroot", "apptainer.sif", f"{name}.def"],
+                                   cwd=d, env=cert_env)
+            for tool, proc in (("apptainer", theirs), ("hpcstack", ours)):
+                if proc.returncode != 0:
+                    state["failed"][name] = f"{tool} build {name}: {proc.stderr[-3000:]}"
+                    pytest.fail(state["failed"][name], pytrace=False)
         state["pairs"][name] = pair
         if name == "hello":
             state["base"] = pair.theirs
@@ -209,8 +220,10 @@ def test_inspect_metadata_type(pair: Pair, user: User, apptainer: Apptainer) -> 
 
 # --- under Apptainer: run, exec, test, run-help, env ------------------------------------
 
+#: ``run`` arguments; an image without %runscript runs them as its command (docker CMD).
+RUN_ARGS = {"docker": ["/bin/echo", "xa", "b c"]}
 ACTIONS = {
-    "run": ["run", "{sif}", "xa", "b c"],
+    "run": ["run", "{sif}", "{args}"],
     "exec": ["exec", "{sif}", "sh", "-c", 'echo "$# [$*] $0"', "zero", "one", "two words"],
     "test": ["test", "{sif}"],
     "run-help": ["run-help", "{sif}"],
@@ -230,12 +243,19 @@ def outcome(proc: subprocess.CompletedProcess[str], sif: Path, env: bool = False
     return {"status": proc.returncode, "stdout": out, "stderr": normalise(err, [sif])}
 
 
+def expand(argv: list[str], sif: Path, name: str) -> list[str]:
+    out: list[str] = []
+    for a in argv:
+        out += RUN_ARGS.get(name, ["xa", "b c"]) if a == "{args}" else [a.format(sif=sif)]
+    return out
+
+
 @pytest.mark.parametrize("action", list(ACTIONS))
 def test_under_apptainer(pair: Pair, user: User, apptainer: Apptainer, action: str) -> None:
     work = user.workdir(f"parity-run-{pair.name}")
     got = {}
     for tool, sif in pair.images().items():
-        argv = [a.format(sif=sif) for a in ACTIONS[action]]
+        argv = expand(ACTIONS[action], sif, pair.name)
         got[tool] = outcome(apptainer.run(user, argv, cwd=work), sif, env=action == "env")
     assert got["hpcstack"] == got["apptainer"]
 
@@ -243,13 +263,13 @@ def test_under_apptainer(pair: Pair, user: User, apptainer: Apptainer, action: s
 # --- the other direction: hpcstack (Charliecloud) runs Apptainer's image -------------------
 
 DIRECT = {
-    "run": (["run", "{sif}", "xa", "b c"], ["run", "{sif}", "xa", "b c"]),
-    "exec": (["exec", "{sif}", "sh", "-c", 'echo "$# [$*]"', "x", "one", "two words"],
-             ["exec", "{sif}", "sh", "-c", 'echo "$# [$*]"', "x", "one", "two words"]),
+    "run": ["run", "{sif}", "{args}"],
+    "exec": ["exec", "{sif}", "sh", "-c", 'echo "$# [$*]"', "x", "one", "two words"],
 }
-#: Variables of the image's own making, read back through both runtimes.
+#: Variables of the image's own making, read back through both runtimes: what Apptainer
+#: and Charliecloud (CH_RUNNING) set about themselves, and the caller's own, left out.
 PROBE = ("env | grep -v -E '^(APPTAINER|SINGULARITY)_|^(OLDPWD|_|SHLVL|PWD|HOME|USER|"
-         "LOGNAME|TERM|USER_PATH|LANG|TMPDIR|PS1|PROMPT_COMMAND)=' | sort")
+         "LOGNAME|TERM|USER_PATH|LANG|TMPDIR|PS1|PROMPT_COMMAND|CH_RUNNING)=' | sort")
 
 
 @pytest.mark.parametrize("action", [*DIRECT, "env"])
@@ -260,11 +280,8 @@ def test_hpcstack_runs_apptainers_image(pair: Pair, user: User, apptainer: Appta
     runtimes set about themselves and the caller's own (HOME, USER…) are left out."""
     sif = pair.theirs
     work = user.workdir(f"parity-direct-{pair.name}")
-    if action == "env":
-        ours_argv = ["exec", str(sif), "sh", "-c", PROBE]
-        theirs_argv = ["exec", str(sif), "sh", "-c", PROBE]
-    else:
-        ours_argv, theirs_argv = ([a.format(sif=sif) for a in argv] for argv in DIRECT[action])
-    ours = outcome(user.hpcstack(*ours_argv, cwd=work), sif)
-    theirs = outcome(apptainer.run(user, theirs_argv, cwd=work), sif)
+    argv = (["exec", str(sif), "sh", "-c", PROBE] if action == "env"
+            else expand(DIRECT[action], sif, pair.name))
+    ours = outcome(user.hpcstack(*argv, cwd=work), sif)
+    theirs = outcome(apptainer.run(user, argv, cwd=work), sif)
     assert ours == theirs
