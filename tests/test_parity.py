@@ -220,6 +220,8 @@ def test_inspect_metadata_type(pair: Pair, user: User, apptainer: Apptainer) -> 
 
 # --- under Apptainer: run, exec, test, run-help, env ------------------------------------
 
+#: What a login gives every command (the Apptainer shim's ``runuser`` sets SHELL too).
+LOGIN = {"SHELL": "/bin/bash"}
 #: ``run`` arguments; an image without %runscript runs them as its command (docker CMD).
 RUN_ARGS = {"docker": ["/bin/echo", "xa", "b c"]}
 ACTIONS = {
@@ -256,7 +258,8 @@ def test_under_apptainer(pair: Pair, user: User, apptainer: Apptainer, action: s
     got = {}
     for tool, sif in pair.images().items():
         argv = expand(ACTIONS[action], sif, pair.name)
-        got[tool] = outcome(apptainer.run(user, argv, cwd=work), sif, env=action == "env")
+        got[tool] = outcome(apptainer.run(user, argv, cwd=work, env=LOGIN), sif,
+                            env=action == "env")
     assert got["hpcstack"] == got["apptainer"]
 
 
@@ -282,6 +285,6 @@ def test_hpcstack_runs_apptainers_image(pair: Pair, user: User, apptainer: Appta
     work = user.workdir(f"parity-direct-{pair.name}")
     argv = (["exec", str(sif), "sh", "-c", PROBE] if action == "env"
             else expand(DIRECT[action], sif, pair.name))
-    ours = outcome(user.hpcstack(*argv, cwd=work), sif)
-    theirs = outcome(apptainer.run(user, argv, cwd=work), sif)
+    ours = outcome(user.hpcstack(*argv, cwd=work, env=LOGIN), sif)
+    theirs = outcome(apptainer.run(user, argv, cwd=work, env=LOGIN), sif)
     assert ours == theirs
