@@ -63,6 +63,10 @@ APPTAINER_SHIM = Path("/usr/local/libexec/hpcstack/apptainer-shim/apptainer")
 PASSED_ON = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
+class Failed(Exception):
+    """A build that may fail without ending the benchmark (figure 6) did."""
+
+
 class Bench:
     """Where the runs happen and how a command becomes the ordinary user's."""
 
@@ -93,10 +97,12 @@ class Bench:
         prefix = ["runuser", "-u", self.user.pw_name, "--"] if self.root else []
         return [*prefix, "env", "-i", *(f"{k}={v}" for k, v in base.items()), *argv]
 
-    def timed(self, name: str, argv: list[str], **env: str) -> tuple[float, float]:
+    def timed(self, name: str, argv: list[str], check: bool = True, **env: str
+              ) -> tuple[float, float]:
         """Wall and CPU (user + system, all descendants) seconds of ``argv`` as the user.
 
         Its output goes to ``logs/NAME.log``, each line prefixed with elapsed seconds.
+        A failure ends the benchmark, or with ``check=False`` raises :class:`Failed`.
         """
         log = self.work / "logs" / f"{name}.log"
         cpu_before = cpu_of_children()
@@ -109,8 +115,11 @@ class Bench:
                 fh.write(f"{time.perf_counter() - start:8.2f}  {line}")
         seconds, cpu = time.perf_counter() - start, cpu_of_children() - cpu_before
         if proc.returncode:
-            sys.exit(f"{name}: {' '.join(argv)} failed with exit status "
-                     f"{proc.returncode}; see {log}")
+            msg = f"{name}: {' '.join(argv)} failed with exit status {proc.returncode}; see {log}"
+            if not check:
+                print(f"  {msg}", flush=True)
+                raise Failed(msg)
+            sys.exit(msg)
         print(f"  {name:<22} {seconds:7.1f} s  (cpu {cpu:5.1f} s)", flush=True)
         return seconds, cpu
 
@@ -236,16 +245,17 @@ def find_apptainer() -> str:
 
 
 def apptainer_build(bench: Bench, name: str, cache: str, out: str = "apptainer.sif",
-                    deffile: str = "hello-mirror.def") -> tuple[float, float]:
+                    deffile: str = "hello-mirror.def", check: bool = True) -> tuple[float, float]:
     assert bench.apptainer
     return bench.timed(name, [bench.apptainer, "build", "--fakeroot", "--force", out, deffile],
-                       APPTAINER_CACHEDIR=str(bench.work / cache))
+                       check, APPTAINER_CACHEDIR=str(bench.work / cache))
 
 
 def hpcstack_mirror_build(bench: Bench, name: str, cache: str, out: str = "hpcstack.sif",
-                          deffile: str = "hello-mirror.def") -> tuple[float, float]:
+                          deffile: str = "hello-mirror.def", check: bool = True
+                          ) -> tuple[float, float]:
     return bench.timed(name, [bench.hpcstack, "build", "--force", "--engine", "builtin", out,
-                              deffile], HPCSTACK_CACHEDIR=str(bench.work / cache))
+                              deffile], check, HPCSTACK_CACHEDIR=str(bench.work / cache))
 
 
 def phase_end(log: Path, marker: str) -> float:
@@ -285,9 +295,11 @@ def figures_4_5(bench: Bench, rounds: int) -> dict[str, list[float]]:
     return times
 
 
-def figure_6(bench: Bench, rounds: int) -> dict[str, tuple[int, int]]:
-    """(hpcstack bytes, apptainer bytes) per definition; the last round's hello images."""
-    sizes = {"hello": ((bench.work / "hpcstack.sif").stat().st_size,
+def figure_6(bench: Bench, rounds: int) -> dict[str, tuple[int, int] | None]:
+    """(hpcstack bytes, apptainer bytes) per definition (None: a build failed); the last
+    round's hello images."""
+    sizes: dict[str, tuple[int, int] | None] = {"hello": (
+        (bench.work / "hpcstack.sif").stat().st_size,
                        (bench.work / "apptainer.sif").stat().st_size)}
     base = bench.work / "apptainer.sif"
     cache = f"hpcstack-cache-{rounds - 1}"
@@ -297,16 +309,36 @@ def figure_6(bench: Bench, rounds: int) -> dict[str, tuple[int, int]]:
         deffile.write_text(text)
         if bench.root:
             os.chown(deffile, bench.user.pw_uid, bench.user.pw_gid)
-        hpcstack_mirror_build(bench, f"size-{name}-hpcstack", cache, f"{name}-hpcstack.sif",
-                              deffile.name)
-        apptainer_build(bench, f"size-{name}-apptainer", "apptainer-cache-size",
-                        f"{name}-apptainer.sif", deffile.name)
+        try:
+            hpcstack_mirror_build(bench, f"size-{name}-hpcstack", cache,
+                                  f"{name}-hpcstack.sif", deffile.name, check=False)
+            apptainer_build(bench, f"size-{name}-apptainer", "apptainer-cache-size",
+                            f"{name}-apptainer.sif", deffile.name, check=False)
+        except Failed:
+            sizes[name] = None
+            continue
         sizes[name] = tuple((bench.work / f"{name}-{t}.sif").stat().st_size
                             for t in ("hpcstack", "apptainer"))
     return sizes
 
 
-def report_apptainer(t: dict[str, list[float]], sizes: dict[str, tuple[int, int]]
+def size_rows(sizes: dict[str, tuple[int, int] | None]) -> list[list[str]]:
+    rows = []
+    for name, pair in sizes.items():
+        if pair is None:
+            rows.append([f"6 size {name}", "build failed", "-", "-", "-", "<= 1.00"])
+        else:
+            rows.append(row(f"6 size {name}", [pair[0]], [pair[1]], "MiB", 1.0)[0])
+    return rows
+
+
+def size_summary(sizes: dict[str, tuple[int, int] | None]) -> str:
+    return ("6 image size:   " + ", ".join(
+        f"{n} {p[0] / p[1]:.2f}" if p else f"{n} (a build failed)" for n, p in sizes.items())
+        + "; target <= 1.00 (hpcstack packs zstd by default, Apptainer gzip)")
+
+
+def report_apptainer(t: dict[str, list[float]], sizes: dict[str, tuple[int, int] | None]
                      ) -> list[str]:
     rows = [
         row("4 cold: hpcstack / apptainer", t["hpcstack_cold"], t["apptainer_cold"], "s", 0.45),
@@ -318,8 +350,7 @@ def report_apptainer(t: dict[str, list[float]], sizes: dict[str, tuple[int, int]
         row("5 warm: hpcstack / apptainer", t["hpcstack_warm"], t["apptainer_warm"], "s", 0.08),
         row("5' same, CPU time", t["hpcstack_warm_cpu"], t["apptainer_warm_cpu"], "s", None),
     ]
-    rows += [row(f"6 size {name}", [a], [b], "MiB", 1.0) for name, (a, b) in sizes.items()]
-    lines = table([r for r, _ in rows])
+    lines = table([r for r, _ in rows] + size_rows(sizes))
     cold, warm = rows[0][1], rows[4][1]
     boot, rest = rows[2][1], rows[3][1]
     lines += [
@@ -328,8 +359,7 @@ def report_apptainer(t: dict[str, list[float]], sizes: dict[str, tuple[int, int]
         f"{'met' if cold <= 0.45 else 'NOT met'} (bootstrap {boot:.2f} x, the rest {rest:.2f} x)",
         f"5 warm rebuild: {warm:.2f} x Apptainer's rebuild; target <= 0.08: "
         f"{'met' if warm <= 0.08 else 'NOT met'}",
-        "6 image size:   " + ", ".join(f"{n} {a / b:.2f}" for n, (a, b) in sizes.items())
-        + "; target <= 1.00 (hpcstack packs zstd by default, Apptainer gzip)",
+        size_summary(sizes),
     ]
     return lines
 
@@ -399,6 +429,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--against", choices=("reference", "apptainer"), default="reference",
                         help="what hpcstack is compared with (default: the steps by hand)")
+    parser.add_argument("--sizes-only", action="store_true",
+                        help="with --against apptainer: figure 6 alone (one build of each)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -439,8 +471,13 @@ def main_apptainer(args: argparse.Namespace) -> int:
           f"against {bench.apptainer}", flush=True)
     started, loads = time.perf_counter(), [os.getloadavg()[0]]
     try:
-        times = figures_4_5(bench, args.rounds)
-        sizes = figure_6(bench, args.rounds)
+        if args.sizes_only:
+            hpcstack_mirror_build(bench, "hello-hpcstack", "hpcstack-cache-0")
+            apptainer_build(bench, "hello-apptainer", "apptainer-cache-0")
+            times, sizes = {}, figure_6(bench, 1)
+        else:
+            times = figures_4_5(bench, args.rounds)
+            sizes = figure_6(bench, args.rounds)
     finally:
         if not args.keep:
             for path in bench.work.iterdir():
@@ -451,7 +488,10 @@ def main_apptainer(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - started:.0f} s in all; logs in {bench.work / 'logs'}")
     print(f"load average (1 min) {loads[0]:.1f} at the start, {loads[1]:.1f} at the end, "
           f"on {os.cpu_count()} CPUs: other work on the machine widens the spreads\n")
-    print("\n".join(report_apptainer(times, sizes)))
+    if times:
+        print("\n".join(report_apptainer(times, sizes)))
+    else:
+        print("\n".join([*table(size_rows(sizes)), "", size_summary(sizes)]))
     if args.json:
         args.json.write_text(json.dumps({"rounds": args.rounds, "user": bench.user.pw_name,
                                          "against": "apptainer", "load_average_1min": loads,
