@@ -56,8 +56,10 @@ LOCAL = ["multistage", "docker", "localimage", "shebang", "environment"]
 NAMES = [Path(e).stem for e in EXAMPLES] + LOCAL
 
 #: Labels whose value names the build tool or the moment; their presence is still compared.
-TOOL_LABELS = ("org.label-schema.build-date", "org.label-schema.usage.apptainer.version",
-               "org.label-schema.usage.singularity.version")
+TOOL_LABELS = ("org.label-schema.build-date", "org.label-schema.usage.singularity.version")
+#: The builder's own version label: Apptainer's and hpcstack's name, one key for both.
+VERSION_LABELS = ("org.label-schema.usage.apptainer.version",
+                  "org.label-schema.usage.hpcstack.version")
 #: What a runtime says about itself or the image file, not about the image's contents.
 RUNTIME_VARS = ("APPTAINER_CONTAINER", "APPTAINER_NAME", "SINGULARITY_CONTAINER",
                 "SINGULARITY_NAME", "OLDPWD", "_")
@@ -219,6 +221,14 @@ def attributes(apptainer: Apptainer, user: User, sif: Path) -> dict:
     for key in TOOL_LABELS:
         if key in labels:
             labels[key] = "<TOOL>"
+    for key in VERSION_LABELS:
+        if labels.pop(key, None) is not None:
+            labels["<builder>.version"] = "<TOOL>"
+    # Scripts as test_singularity_d_contents reads them: comment lines are each tool's own.
+    for key in ("runscript", "test", "startscript"):
+        if key in attrs:
+            attrs[key] = script_text(attrs[key])
+    attrs["environment"] = {k: script_text(v) for k, v in attrs.get("environment", {}).items()}
     return json.loads(normalise(json.dumps(attrs, sort_keys=True)))
 
 
