@@ -107,6 +107,13 @@ def start(cpus: int = 4, timeout: float = 30) -> Slurm:
     conf.write_text(SLURM_CONF.format(ctld_port=_free_port(), slurmd_port=_free_port(),
                                       munge_socket=munge_socket, dir=base, cpus=cpus))
     conf.chmod(0o644)
+    # PMIx's per-step client directories (spmix_appdir_UID_JOB.STEP) in this cluster's own
+    # tree: left in /tmp by a step that was killed, they make the next cluster's step of
+    # the same number fail to launch ("File exists"); every test cluster starts at job 1.
+    (base / "pmix").mkdir()
+    (base / "pmix").chmod(0o1777)
+    (base / "mpi.conf").write_text(f"PMIxCliTmpDirBase={base}/pmix\n")
+    (base / "mpi.conf").chmod(0o644)
     cluster = Slurm(base, conf)
     env = dict(os.environ, SLURM_CONF=str(conf))
     try:

@@ -100,3 +100,24 @@ def test_image_without_the_hosts_hpcc_is_refused(user: User, hello) -> None:  # 
     assert "hpcc: only on the host" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (work / "bench.json").exists()
+
+
+def test_apptainer_runtime(user: User, apptainer) -> None:  # type: ignore[no-untyped-def]
+    """``--runtime apptainer`` with the real Apptainer: the module's wrapper and the
+    runtime's own command line run the very same hpcc (checksummed inside), two ranks
+    each under the host's mpirun (the image is hpcstack's own build, cached per user)."""
+    need("hpcc", "mpirun", "mmdebstrap", "unshare", "mksquashfs", "siftool")
+    work = user.workdir("bench-apptainer")
+    proc = user.hpcstack("bench", "--quick", "--rounds", "1", "--ranks", "2", "--runtime",
+                         "apptainer", "--json", "bench.json", cwd=work,
+                         env={"PATH": apptainer.path}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    doc = json.loads((work / "bench.json").read_text())
+    assert doc["runtime"] == "apptainer" and doc["module"].startswith("hpcc-bench/")
+    assert {"hpcc", "libblas.so.3", "libopenblas.so.0"} <= set(doc["checksums"])
+    runtime_cmd = doc["commands"]["runtime"]
+    assert runtime_cmd[runtime_cmd.index("apptainer") + 1] == "exec"
+    for run in doc["rounds"][0]["results"].values():
+        assert run["figures"]["HPL_Tflops"] > 0
+        assert run["figures"]["RandomlyOrderedRingBandwidth_GBytes"] > 0  # 2 ranks talked
+    assert "apptainer/bare" in proc.stdout and "module/bare" in proc.stdout

@@ -286,7 +286,7 @@ def test_engine_choice() -> None:
 
 
 def test_apptainer_engine_command_line() -> None:
-    """Apptainer cannot be installed here: the delegation is tested by its command line."""
+    """The spelling; tests/test_apptainer.py builds with the real Apptainer."""
     opts = BuildOptions(sandbox=False, force=True, run_test=False, compression="gzip")
     assert engines.apptainer_argv("x.def", Path("o.sif"), opts) == [
         "apptainer",
@@ -299,6 +299,9 @@ def test_apptainer_engine_command_line() -> None:
         "o.sif",
         "x.def",
     ]
+    insecure = BuildOptions(docker_insecure=True, compression="zstd")
+    assert engines.apptainer_argv("x.def", Path("o.sif"), insecure)[3:5] == ["--no-https",
+                                                                             "--mksquashfs-args"]
     box = BuildOptions(sandbox=True)
     assert engines.apptainer_argv("x.def", Path("box"), box) == [
         "apptainer",
@@ -308,6 +311,16 @@ def test_apptainer_engine_command_line() -> None:
         "box",
         "x.def",
     ]
+
+
+def test_apptainer_engine_trusts_the_cert_dir(tmp_path: Path) -> None:
+    """Apptainer has no CA option; Go's TLS reads ``SSL_CERT_DIR`` (system CAs kept)."""
+    env = engines.apptainer_env(BuildOptions(docker_cert_dir="certs"), {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "SSL_CERT_DIR": f"{Path.cwd() / 'certs'}:/etc/ssl/certs"}
+    env = engines.apptainer_env(BuildOptions(docker_cert_dir=str(tmp_path)),
+                                {"SSL_CERT_DIR": "/site/certs"})
+    assert env["SSL_CERT_DIR"] == f"{tmp_path}:/site/certs"
+    assert engines.apptainer_env(BuildOptions(), {"A": "1"}) == {"A": "1"}
 
 
 def test_uri_specs(tmp_path: Path) -> None:

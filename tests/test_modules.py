@@ -396,6 +396,74 @@ def test_seed_lammps_job_srun_pmi2(user: User, root: Path,
     assert "Loop time of" in out
 
 
+# --- runtime: apptainer, the real one (tests/conftest.py `apptainer`) ---------------------
+
+APPTAINER_SITE = """\
+root: {root}
+module_system: lmod
+runtime: apptainer
+runtime_path: {shim}
+env:
+  HPCSTACK_CSV: "-Wl,-rpath=/opt/x"
+  HPCSTACK_QUOTED: 'say "hi"'
+apps:
+  - name: gromacs
+    version: 2022-apptainer
+    image: {gromacs}
+    mpi: openmpi
+    commands: [gmx, gmx_mpi, printenv]
+"""
+
+APPTAINER_JOB = """\
+#!/bin/bash
+#SBATCH -n 2
+#SBATCH -o job.out
+module load gromacs/2022-apptainer
+gmx grompp -f /opt/water/md.mdp -c /opt/water/conf.gro -p /opt/water/topol.top -o topol.tpr
+srun --kill-on-bad-exit=1 --mpi=pmix gmx_mpi mdrun -s topol.tpr -nsteps 200
+srun -n 1 printenv APPTAINER_NAME HPCSTACK_CSV HPCSTACK_QUOTED
+"""
+
+
+@pytest.fixture(scope="module")
+def apptainer_root(user: User, images: dict[str, Path], apptainer) -> Path:  # type: ignore[no-untyped-def]
+    """gromacs deployed with ``runtime: apptainer``; ``runtime_path`` names the site's
+    apptainer (here the shim), so jobs reach it whatever their PATH."""
+    work = user.workdir("modules-apptainer")
+    path = put(user, work / "site.yaml", APPTAINER_SITE.format(
+        root=work / "modules", shim=apptainer.shim, gromacs=images["gromacs"]))
+    proc = user.hpcstack("modules", "deploy", "-c", str(path))
+    assert proc.returncode == 0, proc.stderr
+    return work / "modules"
+
+
+def test_apptainer_module_runs_in_apptainer(user: User, apptainer_root: Path, apptainer) -> None:  # type: ignore[no-untyped-def]
+    wrapper = next((apptainer_root / "bin").rglob("gmx_mpi")).read_text()
+    assert f"exec {apptainer.shim} exec " in wrapper, wrapper
+    proc = lmod(user, apptainer_root, """
+        module load gromacs/2022-apptainer
+        cd ~
+        gmx_mpi --version | grep '^GROMACS version'
+        printenv APPTAINER_NAME HPCSTACK_CSV HPCSTACK_QUOTED \\
+            OMPI_MCA_btl_vader_single_copy_mechanism
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("GROMACS version:    2022.5"), proc.stdout
+    assert lines[1].endswith(".sif") and lines[2:] == ["-Wl,-rpath=/opt/x", 'say "hi"', "none"]
+
+
+def test_apptainer_module_srun_pmix(user: User, apptainer_root: Path,
+                                    cluster: slurm_fixture.Slurm) -> None:
+    """An unchanged job script: one Apptainer container per rank, Open MPI wired up by
+    Slurm's PMIx (the shim keeps the environment; the rendezvous is under /tmp)."""
+    out = _sbatch(user, apptainer_root, cluster, user.workdir("modules-apptainer-job"),
+                  APPTAINER_JOB)
+    assert "Using 2 MPI processes" in out, out[-3000:]
+    assert "Performance:" in out
+    assert '-Wl,-rpath=/opt/x\nsay "hi"\n' in out
+
+
 # --- modules check --mpi: every app under every promised launcher -------------------------
 
 

@@ -1,8 +1,10 @@
 """Runtime adapters: Apptainer/Singularity by command line, Charliecloud for real.
 
-Apptainer and SingularityCE cannot be installed on our machines (not in Debian
-12), so their adapters are tested by the exact command lines they produce,
-checked against Apptainer's documented CLI; nothing here runs them.
+The Apptainer and SingularityCE adapters are tested here by the exact command
+lines they produce, checked against Apptainer's documented CLI; the real
+Apptainer (Debian sid's 1.4) runs them in tests/test_apptainer.py (``hpcstack
+run|exec --runtime apptainer``), tests/test_modules.py (``runtime: apptainer``
+under Slurm) and tests/test_bench_cli.py.  SingularityCE is not installable here.
 
 Charliecloud runs here: the integration tests build a small Debian image with
 Apptainer's ``/.singularity.d`` layout as an ordinary user (mmdebstrap, a user
@@ -89,7 +91,7 @@ def test_launch_validation() -> None:
 
 
 def test_apptainer_exec_command_line() -> None:
-    """Command line only (Apptainer is not installable here): the documented exec syntax."""
+    """Command line: the documented exec syntax (run for real in test_apptainer.py)."""
     launch = Launch(
         "exec",
         Path("/img/gromacs.sif"),
@@ -124,7 +126,7 @@ def test_apptainer_exec_command_line() -> None:
     ],
 )
 def test_apptainer_other_actions(action: str, args: list[str], expected: list[str]) -> None:
-    """Command line only (Apptainer is not installable here): run, shell and test."""
+    """Command line: run, shell and test (run for real in test_apptainer.py)."""
     assert select("apptainer").argv(Launch(action, Path("/i.sif"), args)) == [
         "apptainer",
         *expected,

@@ -17,8 +17,13 @@ mount --bind "$root" "$root"
 for d in proc sys dev home tmp var/tmp run opt srv mnt; do
   if [ -d "/$d" ]; then mkdir -p "$root/$d"; mount --rbind "/$d" "$root/$d"; fi
 done
+# The host's files bound over the tree's, in this namespace only: copying them into
+# the shared tree raced with concurrent entries (one MPI rank each), which then
+# read a half-written /etc/passwd ("runuser: user ... does not exist").
 for f in passwd group subuid subgid hosts localtime resolv.conf; do
-  [ -e "/etc/$f" ] && cp -L "/etc/$f" "$root/etc/$f"
+  [ -e "/etc/$f" ] || continue
+  [ -e "$root/etc/$f" ] || [ -L "$root/etc/$f" ] || : > "$root/etc/$f"
+  [ -f "$root/etc/$f" ] && [ ! -L "$root/etc/$f" ] && mount --bind "$(readlink -f "/etc/$f")" "$root/etc/$f"
 done
 cd "$root"; mkdir -p .oldroot; pivot_root . .oldroot; umount -l /.oldroot
 cd "$cwd" 2>/dev/null || cd /

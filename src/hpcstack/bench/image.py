@@ -111,7 +111,9 @@ def build_image(text: str, quiet: bool = True) -> tuple[Path, bool]:
     root.mkdir(parents=True, exist_ok=True)
     deffile = sif.with_suffix(".def")
     deffile.write_text(text)
-    build(str(deffile), sif, BuildOptions(force=True, quiet=quiet))
+    # hpcstack's own builder even where Apptainer is installed: the definition relies on
+    # its default mirror (the host's apt sources), which Apptainer's debootstrap lacks.
+    build(str(deffile), sif, BuildOptions(force=True, quiet=quiet, engine="builtin"))
     return sif, True
 
 

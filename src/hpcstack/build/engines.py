@@ -4,10 +4,16 @@
 ``PATH`` — a site that has it gets its exact behaviour — and otherwise uses the
 builtin pipeline, which needs only util-linux, mmdebstrap, squashfs-tools and
 siftool.
+
+Apptainer has no option naming a registry's CA: it pulls ``docker://`` with Go's
+TLS stack, which reads extra CA certificates from ``$SSL_CERT_DIR``, so
+``--docker-cert-dir DIR`` becomes ``SSL_CERT_DIR=DIR:/etc/ssl/certs`` (the
+system's CAs stay trusted).  ``--docker-insecure`` becomes ``--no-https``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +26,8 @@ if TYPE_CHECKING:
     from hpcstack.build.builder import BuildOptions
 
 ENGINES = ("auto", "builtin", "apptainer")
+#: Where Debian (and most distributions) keep the system's CA certificates, one per file.
+SYSTEM_CERT_DIR = "/etc/ssl/certs"
 
 
 def choose(engine: str, which=shutil.which) -> str:
@@ -42,13 +50,27 @@ def apptainer_argv(spec: str, output: Path, options: BuildOptions) -> list[str]:
     if not options.run_test:
         argv.append("--notest")
     if options.docker_insecure:
-        argv.append("--nohttps")
+        argv.append("--no-https")
     if not options.sandbox:
         argv += ["--mksquashfs-args", " ".join(mksquashfs_flags(options.compression))]
     return [*argv, str(output), spec]
 
 
+def apptainer_env(options: BuildOptions, environ: dict[str, str] | None = None
+                  ) -> dict[str, str]:
+    """The environment for ``apptainer build``: ours, plus the registry's CA if given."""
+    env = dict(os.environ if environ is None else environ)
+    if options.docker_cert_dir:
+        certs = os.path.abspath(options.docker_cert_dir)
+        env["SSL_CERT_DIR"] = f"{certs}:{env.get('SSL_CERT_DIR', SYSTEM_CERT_DIR)}"
+    return env
+
+
 def apptainer_build(spec: str, output: Path, options: BuildOptions) -> None:
-    status = subprocess.run(apptainer_argv(spec, output, options), check=False).returncode
+    argv = apptainer_argv(spec, output, options)
+    try:
+        status = subprocess.run(argv, env=apptainer_env(options), check=False).returncode
+    except FileNotFoundError:
+        raise UserError("--engine apptainer: apptainer is not installed on this host") from None
     if status != 0:
         raise UserError(f"apptainer build failed with exit status {status}")
