@@ -70,9 +70,11 @@ def list_cmd(catalog: CatalogOpt = DEFAULT_CATALOG,
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(*rows[0].keys()) if rows else Table("tag")
+    columns = (["tag", "kind", "sif", "oci"] if output is not None  # the state, readable
+               else ["tag", "kind", "flavour", "arch", "target", "gpu", "base"])
+    table = Table(*columns)
     for r in rows:
-        table.add_row(*(str(v) for v in r.values()))
+        table.add_row(*(str(r[c]) for c in columns))
     out.print(table)
 
 
