@@ -147,14 +147,14 @@ def _env(variables: dict[str, str], fmt: str) -> object:
     return environment(variables=variables)
 
 
-def render_base(base: BaseImage, fmt: str, images: str, parent_ref: str,
+def render_base(base: BaseImage, fmt: str, images: str, from_ref: str,
                 extra: dict[str, str]) -> str:
-    """A base's recipe: one stage, its OS (or parent: ``parent_ref``) image plus its blocks."""
+    """A base's recipe: one stage, its OS or parent image (``from_ref``) plus its blocks."""
     hpccm.config.set_container_format(FORMATS[fmt])
     hpccm.config.set_singularity_version("3.2")
     stage = hpccm.Stage()
     parent = base.parent
-    image = parent_ref if parent else build_image(base)
+    image = from_ref
     stage += _from(image, fmt, base, None, f"{images}/{parent.tag}.sif" if parent else None)
     for block in blocks(base):
         stage += block

@@ -104,7 +104,8 @@ def _image(image: Image, out: Path, opts: OciOptions, store: oci.Store, state: d
         dockerfile = out / "recipes" / f"{image.tag}.Dockerfile"
         write_atomic(dockerfile, text)
         say(f"building {image.tag} (oci, FROM {base[1]})")
-        local = f"{oci.LOCAL}/{oci.repository(target).rsplit('/', 1)[1]}:{image.tag.lower()}"
+        local = (f"{oci.LOCAL}/{oci.repository(target).rsplit('/', 1)[1]}:"
+                 f"{image.tag.replace('+', '_')}")
         oci.build(store, dockerfile, local, opts.access)
         say(f"pushing {target}")
         digest = oci.push(store, local, target, opts.access, out / "oci-work")

@@ -156,11 +156,11 @@ def render_image(image: BaseImage | AppImage, fmt: str, images: str,
         raise ValueError(f"unknown recipe format {fmt!r}")
     refs, extra = refs or {}, dict(labels or {})
     if isinstance(image, BaseImage):
-        parent = image.parent
+        parent, root = image.parent, hpccm_recipes.build_image(image)
         text = (_debian_base(image, fmt, images, registry, refs, extra)
                 if image.flavour == "debian" else hpccm_recipes.render_base(
-                    image, fmt, images,
-                    refs.get(parent.tag, ref(parent, registry)) if parent else "", extra))
+                    image, fmt, images, refs.get(parent.tag, ref(parent, registry)) if parent
+                    else refs.get(root, root), extra))
     elif image.flavour == "debian":
         text = _debian_app(image, fmt, images, registry, refs, extra)
     else:
