@@ -152,3 +152,21 @@ def test_render_cli_writes_parsable_dockerfiles(tmp_path: Path) -> None:
     for path in tmp_path.glob("*.Dockerfile"):
         assert parse(path.read_text()).labels["hpcstack.tag"] == path.name.removesuffix(
             ".Dockerfile")
+
+
+def test_registry_names() -> None:
+    from hpcstack.catalog import naming, oci
+    from hpcstack.catalog.ocibuild import has_host, registry_definition
+
+    assert naming.base_ref("r:5000/hpc", "debian12.gcc-12.x86_64") == \
+        "r:5000/hpc/hpc-base:debian12.gcc-12.x86_64"
+    assert naming.app_ref("r:5000/hpc", "GROMACS", "GROMACS-2023-zen3") == \
+        "r:5000/hpc/gromacs:2023-zen3"
+    assert oci.repository("127.0.0.1:5000/hpc/hpc-base:tag") == "127.0.0.1:5000/hpc/hpc-base"
+    assert oci.pinned("h:1/a/b:t", "sha256:f") == "h:1/a/b@sha256:f"
+    assert [has_host(n) for n in ("debian:bookworm-slim", "nvcr.io/nvidia/cuda:12",
+                                  "localhost/x", "h:5000/x", "library/debian")] == \
+        [False, True, True, True, False]
+    text = registry_definition("h:1/a@sha256:f", {"b": "two\nlines", "a": 'q"'}, ["true"])
+    assert text == ('Bootstrap: docker\nFrom: h:1/a@sha256:f\n\n%labels\n    a q"\n'
+                    "    b two lines\n\n%test\n    true\n")
