@@ -127,13 +127,13 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            subprocess.run(["rm", "-rf", str(work)])
     report(figures)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        print(f"kept {work}")
 
 
 def report(figures: dict[str, dict]) -> None:

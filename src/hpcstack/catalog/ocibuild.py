@@ -11,6 +11,8 @@ succeeded, so a refused push leaves nothing recorded as done.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +143,7 @@ def registry_definition(pinned: str, labels: dict[str, str], tests: list[str]) -
 def _sif_from_registry(app: AppImage, out: Path, opts: OciOptions, state: dict,
                        run_test: bool, force: bool, report: Report, say: Say) -> None:
     from hpcstack.build.builder import BuildOptions, build
+    from hpcstack.build.cache import BuildCache
 
     entry = state[app.tag]
     pinned = oci.pinned(entry["ref"], entry["digest"])
@@ -151,9 +154,17 @@ def _sif_from_registry(app: AppImage, out: Path, opts: OciOptions, state: dict,
         deffile = out / "recipes" / f"{app.tag}.oci.def"
         write_atomic(deffile, text)
         say(f"building {sif.name} from {pinned}")
-        result = build(str(deffile), sif, BuildOptions(
-            force=True, run_test=run_test, quiet=True, docker_cert_dir=opts.access.cert_dir,
-            docker_insecure=not opts.access.tls_verify))
+        # The pulled image is used once (the SIF is kept, keyed): a cache of its own,
+        # removed again, so that the user's build cache does not fill with every digest.
+        pulls = out / "oci-work" / "pulls"
+        try:
+            result = build(str(deffile), sif, BuildOptions(
+                force=True, run_test=run_test, quiet=True, cache=BuildCache(pulls),
+                docker_cert_dir=opts.access.cert_dir,
+                docker_insecure=not opts.access.tls_verify))
+        finally:
+            subprocess.run(["chmod", "-R", "u+rwX", str(pulls)], capture_output=True)
+            shutil.rmtree(pulls, ignore_errors=True)
         entry["sif"] = done = {"key": key, "image": str(sif), "size": result.size}
         _save(out, state)
     report.from_registry[app.tag] = done["size"]
