@@ -30,6 +30,7 @@ PACKAGES=(
   util-linux uidmap                       # unshare --map-auto, newuidmap: fakeroot
   mmdebstrap debian-archive-keyring       # Bootstrap: debootstrap
   skopeo umoci                            # Bootstrap: docker / oci
+  buildah                                 # catalog build --format oci: Dockerfiles, rootless, pushed to the site registry
   squashfs-tools squashfuse fuse3 siftool # packing and reading images
   charliecloud bubblewrap                 # the runtime that runs here
   docker-registry openssl                 # a local registry for tests and sites

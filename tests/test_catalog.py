@@ -103,8 +103,8 @@ def test_multistage_app_runtime_stage_is_slim(recipes: dict[str, str]) -> None:
         assert f"%files from build\n    {path} {path}" in runtime
     assert not re.search(r"^\s+(g\+\+|gcc|gfortran)( \\)?$", runtime, re.M)
     docker = recipes["gromacs-2023.3-x86_64_v3-sm_80.Dockerfile"]
-    assert docker.startswith("FROM registry.hpc.example.edu/stack/ubuntu22.04.gcc-12.cuda-12.4"
-                             ".ompi-4.1.mofed.ucx.x86_64 AS build")
+    assert docker.startswith("FROM registry.hpc.example.edu/stack/hpc-base:ubuntu22.04.gcc-12"
+                             ".cuda-12.4.ompi-4.1.mofed.ucx.x86_64 AS build")
     assert "COPY --from=build /usr/local/openmpi /usr/local/openmpi" in docker
 
 
@@ -142,7 +142,7 @@ def test_gpu_arch(recipes: dict[str, str], tag: str, line: str) -> None:
     assert line in text
     sm = tag.rsplit("-", 1)[1]
     assert f"hpcstack.gpu_arch {sm}" in text
-    assert f"hpcstack.gpu_arch={sm}" in recipes[f"{tag}.Dockerfile"]
+    assert f'LABEL hpcstack.gpu_arch="{sm}"' in recipes[f"{tag}.Dockerfile"]
 
 
 def test_cpu_variants_have_no_gpu_options(recipes: dict[str, str]) -> None:

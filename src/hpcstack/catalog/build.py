@@ -1,10 +1,22 @@
-"""Building the catalog's images (I/O): through the builder, or as Slurm jobs.
+"""Building the catalog's images (I/O): by two routes, ``sif`` and ``oci``.
 
-Each image's key is the SHA-256 of its rendered definition file and its
-base's key, so a change to a base rebuilds everything on it, and a change to
-one app rebuilds only that app.  ``OUT/state.json`` records the key each
-image was built from; an image whose key and file are unchanged is skipped.
-Recipes go to ``OUT/recipes/TAG.def``, images to ``OUT/TAG.sif``.
+``sif``: each image's definition through the builder (or as Slurm jobs).  Its
+key is the SHA-256 of its rendered definition and its base's key, so a change
+to a base rebuilds everything on it, and a change to one app rebuilds only
+that app.  ``OUT/state.json`` records the key each image was built from; an
+image whose key and file are unchanged is skipped.  Recipes go to
+``OUT/recipes/TAG.def``, images to ``OUT/TAG.sif``.
+
+``oci``: each Dockerfile through ``buildah`` (:mod:`.oci`), pushed to the
+catalog's registry, bases first; an image's ``FROM`` is what was pushed for its
+base, by digest.  Its key is its Dockerfile (by tag) and its base's digest;
+``OUT/oci-state.json`` records key and pushed digest, and an image whose key is
+unchanged and whose tag still names that digest in the registry is neither
+built nor pushed again.  Then each app becomes ``OUT/TAG.oci.sif`` from the
+pushed image (``Bootstrap: docker``, its labels kept, the catalog tests as
+``%test``).  The Dockerfiles built go to ``OUT/recipes/TAG.Dockerfile``.
+
+Both routes label what they make with its provenance (:func:`provenance`).
 """
 
 from __future__ import annotations
@@ -16,14 +28,18 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+from hpcstack.catalog import oci
 from hpcstack.catalog.expand import AppImage, BaseImage, Expanded
-from hpcstack.catalog.render import render_image
+from hpcstack.catalog.render import ref, render_image
 from hpcstack.errors import UserError
 from hpcstack.files import write_atomic
 
 Image = BaseImage | AppImage
+FORMATS = ("sif", "oci", "both")
+OCI_STATE = "oci-state.json"
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,7 @@ class Step:
     key: str
     output: Path
     needs: str | None  # the tag of the base it is built on
+    base_key: str = ""
 
     @property
     def tag(self) -> str:
@@ -43,10 +60,42 @@ class Step:
 
 @dataclass
 class Report:
+    """What a build did, per route (``sif``: built/skipped; ``oci``: pushed/unchanged)."""
+
     built: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
+    pushed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+    registry_sizes: dict[str, int] = field(default_factory=dict)
+    from_registry: dict[str, int] = field(default_factory=dict)  # TAG.oci.sif sizes
     seconds: float = 0.0
+    route_seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {"built": self.built, "skipped": self.skipped, "sizes": self.sizes,
+                "pushed": self.pushed, "unchanged": self.unchanged, "digests": self.digests,
+                "registry_sizes": self.registry_sizes, "from_registry": self.from_registry,
+                "seconds": round(self.seconds, 2),
+                "route_seconds": {k: round(v, 2) for k, v in self.route_seconds.items()}}
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def provenance(image: Image, recipe: str, base: tuple[str, str] | None) -> dict[str, str]:
+    """Labels saying where an image came from: catalog entry, recipe, base, build date.
+
+    ``base`` is (label, value): ``hpcstack.base_digest`` (oci: the pushed base's
+    manifest digest) or ``hpcstack.base_key`` (sif: the key its base SIF was built from).
+    """
+    labels = {"hpcstack.catalog": image.where, "hpcstack.recipe": f"sha256:{sha256(recipe)}"}
+    if base is not None:
+        labels[base[0]] = base[1]
+    labels["hpcstack.build_date"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return labels
 
 
 def _under(image: Image) -> BaseImage | None:
@@ -82,20 +131,20 @@ def plan(images: list[Image], out: Path) -> list[Step]:
         recipe = render_image(image, "def", str(out)).text
         below = _under(image)
         base_key = keys.get(below.tag, "") if below else ""
-        key = hashlib.sha256(f"{recipe}\0{base_key}".encode()).hexdigest()
+        key = sha256(f"{recipe}\0{base_key}")
         keys[image.tag] = key
         steps.append(Step(image, recipe, key, out / f"{image.tag}.sif",
-                          below.tag if below else None))
+                          below.tag if below else None, base_key))
     return steps
 
 
-def read_state(out: Path) -> dict[str, dict]:
+def read_state(out: Path, name: str = "state.json") -> dict[str, dict]:
     try:
-        return json.loads((out / "state.json").read_text())
+        return json.loads((out / name).read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise UserError(f"{out / 'state.json'}: unreadable ({exc})") from None
+        raise UserError(f"{out / name}: unreadable ({exc})") from None
 
 
 def up_to_date(step: Step, state: dict[str, dict]) -> bool:
@@ -108,32 +157,69 @@ def host_arch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
+@dataclass(frozen=True)
+class OciOptions:
+    """The ``oci`` route's settings: the catalog's registry, how to reach it, buildah's store."""
+
+    registry: str
+    access: oci.Registry = field(default_factory=oci.Registry)
+    store: oci.Store | None = None
+
+
 def build_catalog(expanded: Expanded, out: Path, *, only: list[str] | None = None,
                   arch: str | None = None, force: bool = False, run_test: bool = True,
-                  slurm: bool = False, say: Callable[[str], None] = print) -> Report:
-    """Build what changed, in order; record each success at once (an abort keeps them)."""
+                  slurm: bool = False, fmt: str = "sif", registry: OciOptions | None = None,
+                  say: Callable[[str], None] = print) -> Report:
+    """Build what changed, in order, by the routes ``fmt`` names; record each success at once."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     started = time.perf_counter()
     out = out.resolve()  # Slurm jobs run elsewhere: every path they get is absolute
     out.mkdir(parents=True, exist_ok=True)
-    steps = plan(select(expanded, only, arch), out)
+    images = select(expanded, only, arch)
+    report = Report()
+    if fmt in ("oci", "both"):
+        if registry is None:
+            raise UserError("--format oci needs the catalog's registry")
+        if slurm:
+            raise UserError("--slurm builds the sif route only (--format sif)")
+        from hpcstack.catalog.ocibuild import build_oci
+
+        mark = time.perf_counter()
+        build_oci(images, out, registry, force=force, run_test=run_test, report=report,
+                  say=say)
+        report.route_seconds["oci"] = time.perf_counter() - mark
+    if fmt in ("sif", "both"):
+        mark = time.perf_counter()
+        _build_sif(images, out, force, run_test, slurm, report, say)
+        report.route_seconds["sif"] = time.perf_counter() - mark
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _build_sif(images: list[Image], out: Path, force: bool, run_test: bool, slurm: bool,
+               report: Report, say: Callable[[str], None]) -> None:
+    steps = plan(images, out)
     state = read_state(out)
     todo = [s for s in steps if force or not up_to_date(s, state)]
-    report = Report(skipped=[s.tag for s in steps if s not in todo])
-    for s in steps:
-        write_atomic(out / "recipes" / f"{s.tag}.def", s.recipe)
+    report.skipped += [s.tag for s in steps if s not in todo]
+    for s in todo:  # what is built, with its provenance (the key is of the recipe alone)
+        base = ("hpcstack.base_key", s.base_key) if s.needs else None
+        labelled = render_image(s.image, "def", str(out),
+                                labels=provenance(s.image, s.recipe, base)).text
+        write_atomic(out / "recipes" / f"{s.tag}.def", labelled)
     if slurm:
         _slurm(todo, out, run_test, state, report, say)
     for step in [] if slurm else todo:
         say(f"building {step.tag}")
         size = _local(step, out, run_test)
         _record(out, state, step, size, report)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def _record(out: Path, state: dict[str, dict], step: Step, size: int, report: Report) -> None:
     state[step.tag] = {"key": step.key, "image": str(step.output), "size": size,
-                       "built_at": time.time(), "base": step.needs}
+                       "built_at": time.time(), "base": step.needs,
+                       "recipe": sha256(step.recipe), "base_key": step.base_key}
     write_atomic(out / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
     report.built.append(step.tag)
     report.sizes[step.tag] = size
@@ -186,3 +272,41 @@ def _slurm(todo: list[Step], out: Path, run_test: bool, state: dict[str, dict],
             raise UserError(f"{step.tag}: build job {jobs[step.tag]} failed: {why} "
                             f"(see {out / 'jobs' / step.tag}.log)")
         _record(out, state, step, result.size, report)
+
+
+# --- what is built, pushed, stale (catalog list) ----------------------------------------
+
+
+def sif_status(images: list[Image], out: Path) -> dict[str, str]:
+    """Per tag: ``built``, ``not built`` or ``stale: recipe changed`` / ``base changed``."""
+    state, status = read_state(out), {}
+    for step in plan(images, out.resolve()):
+        entry = state.get(step.tag)
+        if not entry or not Path(entry.get("image", step.output)).exists():
+            status[step.tag] = "not built"
+        elif entry.get("key") == step.key:
+            status[step.tag] = "built"
+        elif entry.get("recipe") not in (None, sha256(step.recipe)):
+            status[step.tag] = "stale: recipe changed"
+        else:
+            status[step.tag] = ("stale: base changed" if entry.get("recipe") else
+                                "stale: recipe or base changed")
+    return status
+
+
+def oci_status(images: list[Image], out: Path, registry: str) -> dict[str, str]:
+    """Per tag, from ``oci-state.json`` (no registry is asked): ``pushed`` or why not."""
+    state, status = read_state(out, OCI_STATE), {}
+    for image in images:
+        entry, below = state.get(image.tag), _under(image)
+        recipe = sha256(render_image(image, "docker", str(out), registry).text)
+        if not entry or entry.get("ref") != ref(image, registry):
+            status[image.tag] = "not pushed"
+        elif entry.get("recipe") != recipe:
+            status[image.tag] = "stale: recipe changed"
+        elif below is not None and (status.get(below.tag) != "pushed" or entry.get(
+                "base_digest") != state.get(below.tag, {}).get("digest")):
+            status[image.tag] = "stale: base changed"
+        else:
+            status[image.tag] = "pushed"
+    return status

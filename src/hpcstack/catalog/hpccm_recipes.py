@@ -28,9 +28,10 @@ from hpccm.building_blocks import (
     slurm_pmi2,
     ucx,
 )
-from hpccm.primitives import baseimage, copy, environment, label, shell
+from hpccm.primitives import baseimage, copy, environment, label, raw, shell
 from hpccm.toolchain import toolchain
 
+from hpcstack.catalog import dockerfile
 from hpcstack.catalog.expand import AppImage, BaseImage
 
 SLURM_PMI2 = "/usr/local/slurm-pmi2"
@@ -51,7 +52,7 @@ def _os_image(os: str, arch: str) -> str:
     return f"{prefix}{name}:{version}"
 
 
-def _pick(value: str | dict[str, str] | None, arch: str) -> str | None:
+def pick(value: str | dict[str, str] | None, arch: str) -> str | None:
     return value.get(arch) if isinstance(value, dict) else value
 
 
@@ -60,7 +61,7 @@ def build_image(base: BaseImage) -> str:
     spec = base.spec
     default = (f"nvcr.io/nvidia/cuda:{spec.cuda}-devel-{spec.os}" if spec.cuda
                else _os_image(spec.os, base.arch))
-    return _pick(spec.image, base.arch) or default
+    return pick(spec.image, base.arch) or default
 
 
 def runtime_image(base: BaseImage) -> str:
@@ -68,7 +69,7 @@ def runtime_image(base: BaseImage) -> str:
     spec = base.spec
     default = (f"nvcr.io/nvidia/cuda:{spec.cuda}-runtime-{spec.os}" if spec.cuda
                else _os_image(spec.os, base.arch))
-    return _pick(spec.runtime_image, base.arch) or default
+    return pick(spec.runtime_image, base.arch) or default
 
 
 def _from(image: str, fmt: str, base: BaseImage, stage: str | None,
@@ -133,23 +134,32 @@ def blocks(base: BaseImage) -> list[object]:
     return out
 
 
-def _labels(base: BaseImage, extra: dict[str, str]) -> label:
-    meta = {"hpcstack.arch": base.arch, "hpcstack.base": base.parent.tag if base.parent
-            else build_image(base), **extra}
-    return label(metadata=meta)
+def _labels(metadata: dict[str, str], fmt: str) -> object:
+    """hpccm writes Dockerfile labels unquoted (a space splits them): ours are quoted."""
+    if fmt == "docker":
+        return raw(docker=dockerfile.labels(metadata).rstrip("\n"))
+    return label(metadata=metadata)
 
 
-def render_base(base: BaseImage, fmt: str, images: str, registry: str) -> str:
-    """A base's recipe: one stage, its OS (or parent) image plus its blocks."""
+def _env(variables: dict[str, str], fmt: str) -> object:
+    if fmt == "docker":
+        return raw(docker=dockerfile.env(variables).rstrip("\n"))
+    return environment(variables=variables)
+
+
+def render_base(base: BaseImage, fmt: str, images: str, from_ref: str,
+                extra: dict[str, str]) -> str:
+    """A base's recipe: one stage, its OS or parent image (``from_ref``) plus its blocks."""
     hpccm.config.set_container_format(FORMATS[fmt])
     hpccm.config.set_singularity_version("3.2")
     stage = hpccm.Stage()
     parent = base.parent
-    image = f"{registry}/{parent.tag}" if parent else build_image(base)
+    image = from_ref
     stage += _from(image, fmt, base, None, f"{images}/{parent.tag}.sif" if parent else None)
     for block in blocks(base):
         stage += block
-    stage += _labels(base, {"hpcstack.tag": base.tag})
+    stage += _labels({"hpcstack.arch": base.arch, "hpcstack.base": parent.tag if parent
+                      else build_image(base), "hpcstack.tag": base.tag, **extra}, fmt)
     return str(stage) + "\n"
 
 
@@ -205,16 +215,16 @@ def _runtime_stage(app: AppImage, fmt: str, prefix: str, block: object | None) -
     return stage
 
 
-def render_app(app: AppImage, fmt: str, images: str, registry: str, labels: dict[str, str],
+def render_app(app: AppImage, fmt: str, images: str, base_ref: str, labels: dict[str, str],
                expand: object) -> str:
-    """An app's recipe: build stage on its base, then (by default) a slim runtime stage."""
+    """An app's recipe: build stage on its base (``base_ref``), then a slim runtime stage."""
     hpccm.config.set_container_format(FORMATS[fmt])
     hpccm.config.set_singularity_version("3.2")
     hpccm.config.set_cpu_target(app.cpu_target)
     spec, base = app.spec, app.base
     prefix = spec.prefix or f"/opt/{spec.name}"
     build = hpccm.Stage()
-    build += _from(f"{registry}/{base.tag}", fmt, base, "build", f"{images}/{base.tag}.sif")
+    build += _from(base_ref, fmt, base, "build", f"{images}/{base.tag}.sif")
     if spec.packages:
         build += packages(ospackages=list(spec.packages))
     block = _app_block(app, prefix, expand)
@@ -224,8 +234,8 @@ def render_app(app: AppImage, fmt: str, images: str, registry: str, labels: dict
         build += shell(chdir=False, commands=[expand(c) for c in spec.build])
     final = _runtime_stage(app, fmt, prefix, block) if spec.multistage else build
     env = {"PATH": f"{prefix}/bin:$PATH", **{k: expand(v) for k, v in spec.env.items()}}
-    final += environment(variables=env)
-    final += label(metadata=labels)
+    final += _env(env, fmt)
+    final += _labels(labels, fmt)
     stages = [build, final] if spec.multistage else [build]
     return "\n\n".join(str(s) for s in stages) + "\n" + _tests(spec.tests, fmt)
 

@@ -33,6 +33,21 @@ def _name(value: str) -> str:
     return value
 
 
+def _one_line(value: object) -> object:
+    """Values that become one recipe line (a RUN, an ENV, a package): no line breaks.
+
+    A Dockerfile cannot hold a line break in a value, and a definition's
+    sections are line by line; only ``description`` may span lines (its
+    label is folded into one, ``%help`` keeps them).
+    """
+    items = value.values() if isinstance(value, dict) else (
+        value if isinstance(value, list) else [value])
+    for item in items:
+        if isinstance(item, str) and any(c in item for c in "\n\r\0"):
+            raise ValueError(f"{item!r}: a line break has no place here (one line per item)")
+    return value
+
+
 def _as_list(value: object) -> object:
     """A single value where a list is expected is a list of one (``cpu_target: zen3``)."""
     return [value] if isinstance(value, str) else value
@@ -74,6 +89,8 @@ class Base(_Strict):
 
     _n = field_validator("name")(classmethod(lambda cls, v: _name(v)))
     _a = field_validator("arch", mode="before")(classmethod(lambda cls, v: _as_list(v)))
+    _l = field_validator("packages", "runtime_packages", "image", "runtime_image")(
+        classmethod(lambda cls, v: _one_line(v)))
 
     @field_validator("os")
     @classmethod
@@ -124,6 +141,9 @@ class App(_Strict):
     _n = field_validator("name", "version")(classmethod(lambda cls, v: _name(v)))
     _t = field_validator("cpu_target", "gpu_arch", mode="before")(
         classmethod(lambda cls, v: _as_list(v)))
+    _l = field_validator("packages", "runtime_packages", "source", "source_dir", "cmake_opts",
+                         "configure_opts", "build", "prefix", "keep", "env", "commands",
+                         "tests")(classmethod(lambda cls, v: _one_line(v)))
 
 
 class Catalog(_Strict):

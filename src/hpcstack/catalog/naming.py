@@ -14,6 +14,9 @@ App: name, version, and what it was optimized for::
 
 The module an app is published as is ``NAME/VERSION-CPU_TARGET[-SM_XX]``
 (the tag without ``NAME-``).
+
+In a registry (``catalog build --format oci``) a base is
+``REGISTRY/hpc-base:TAG`` and an app ``REGISTRY/NAME:VERSION-CPU_TARGET[-SM_XX]``.
 """
 
 from __future__ import annotations
@@ -52,3 +55,18 @@ def app_tag(name: str, version: str, cpu_target: str, gpu_arch: str | None) -> s
 def module_version(tag: str, name: str) -> str:
     """The module version an app variant is published as: its tag without the name."""
     return tag.removeprefix(f"{name}-")
+
+
+def repository(name: str) -> str:
+    """A catalog name as an OCI repository component (lowercase, ``[a-z0-9._-]``)."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name.lower())
+
+
+def base_ref(registry: str, tag: str) -> str:
+    """Where a base is pushed: ``REGISTRY/hpc-base:TAG`` (one repository for all bases)."""
+    return f"{registry}/hpc-base:{tag.replace('+', '_')}"
+
+
+def app_ref(registry: str, name: str, tag: str) -> str:
+    """Where an app is pushed: ``REGISTRY/NAME:VERSION-TARGET[-SM_XX]`` (its module version)."""
+    return f"{registry}/{repository(name)}:{module_version(tag, name).replace('+', '_')}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from hpcstack.catalog.build import read_state, select
+from hpcstack.catalog.build import OCI_STATE, read_state, select
 from hpcstack.catalog.expand import AppImage, Expanded
 from hpcstack.errors import UserError
 from hpcstack.files import write_atomic
@@ -57,17 +57,27 @@ def _read_site(path: Path, root: str | None) -> dict:
     return data
 
 
+def built_sif(out: Path, tag: str) -> Path | None:
+    """The SIF of the definition route, else the one made from the registry (``--format oci``)."""
+    for name, state in (("sif", "state.json"), ("oci.sif", OCI_STATE)):
+        entry = read_state(out, state).get(tag, {})
+        entry = entry.get("sif", {}) if name == "oci.sif" else entry
+        if entry and (out / f"{tag}.{name}").exists():
+            return out / f"{tag}.{name}"
+    return None
+
+
 def publish(expanded: Expanded, out: Path, site_path: Path, *, only: list[str] | None = None,
             arch: str | None = None, root: str | None = None, warn=None) -> Report:
     """Update the site file with every built app variant, then deploy it."""
-    state = read_state(out)
     apps = [i for i in select(expanded, only, arch) if isinstance(i, AppImage)]
     if not apps:
         raise UserError("nothing to publish: no app image selected")
-    missing = [a.tag for a in apps if a.tag not in state or not (out / f"{a.tag}.sif").exists()]
+    images = {a.tag: built_sif(out, a.tag) for a in apps}
+    missing = [tag for tag, path in images.items() if path is None]
     if missing:
         raise UserError(f"{missing[0]}: not built yet (run hpcstack catalog build)")
-    entries = [site_entry(a, (out / f"{a.tag}.sif").resolve()) for a in apps]
+    entries = [site_entry(a, images[a.tag].resolve()) for a in apps]
     document = merge(_read_site(site_path, root), entries)
     text = yaml.safe_dump(document, sort_keys=False)
     site = parse_site(text, str(site_path), site_path.resolve().parent)

@@ -23,6 +23,8 @@ OnlyOpt = Annotated[list[str] | None, typer.Option("--only", help="A base or app
                                                    "tag; repeat for several.")]
 ArchOpt = Annotated[str | None, typer.Option("--arch", help="x86_64 | aarch64 | ppc64le | all "
                                              "(build, publish: default the host's)")]
+RegistryOpt = Annotated[str | None, typer.Option("--registry", help="The site registry "
+                                                 "(default: the catalog's registry).")]
 DEFAULT_CATALOG = Path("/etc/hpcstack/catalog.yaml")
 
 
@@ -45,22 +47,34 @@ def _say(message: str) -> None:
 
 @app.command("list")
 def list_cmd(catalog: CatalogOpt = DEFAULT_CATALOG,
+             output: Annotated[Path | None, typer.Option(
+                 "--out", "-o", help="A build's output: show per tag what is built (sif), "
+                 "pushed (oci) and stale, and why.")] = None,
+             registry: RegistryOpt = None,
              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every image of the matrix: tag, kind, architecture, target, base."""
+    """Every image of the matrix: tag, kind, architecture, target, base (and its state)."""
     from hpcstack.catalog import AppImage
+    from hpcstack.catalog.build import oci_status, sif_status
 
-    _, expanded = _expanded(catalog)
+    spec, expanded = _expanded(catalog)
     rows = [{"tag": i.tag, "kind": "app" if isinstance(i, AppImage) else "base",
              "flavour": i.flavour, "arch": i.arch,
              "target": getattr(i, "cpu_target", ""), "gpu": getattr(i, "gpu_arch", None) or "",
              "base": (i.base.tag if isinstance(i, AppImage)
                       else i.parent.tag if i.parent else "")} for i in expanded.images()]
+    if output is not None:
+        sif = sif_status(expanded.images(), output)
+        pushed = oci_status(expanded.images(), output, registry or spec.registry)
+        for row in rows:
+            row |= {"sif": sif[row["tag"]], "oci": pushed[row["tag"]]}
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("tag", "kind", "flavour", "arch", "target", "gpu", "base")
+    columns = (["tag", "kind", "sif", "oci"] if output is not None  # the state, readable
+               else ["tag", "kind", "flavour", "arch", "target", "gpu", "base"])
+    table = Table(*columns)
     for r in rows:
-        table.add_row(*(str(v) for v in r.values()))
+        table.add_row(*(str(r[c]) for c in columns))
     out.print(table)
 
 
@@ -96,22 +110,39 @@ def build_cmd(
     notest: Annotated[bool, typer.Option("--notest", "-T", help="Skip the catalog tests.")
                       ] = False,
     slurm: Annotated[bool, typer.Option("--slurm", help="Build as Slurm jobs.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="sif: definitions -> SIF; oci: "
+                                     "Dockerfiles -> buildah -> the registry -> TAG.oci.sif; "
+                                     "both.")] = "sif",
+    registry: RegistryOpt = None,
+    cert_dir: Annotated[str | None, typer.Option(help="The registry's CA (a directory of "
+                                                 "*.crt), for buildah and skopeo.")] = None,
+    tls_verify: Annotated[bool, typer.Option(help="Check the registry's certificate.")
+                          ] = True,
+    storage_driver: Annotated[str, typer.Option(help="buildah's storage driver (overlay, "
+                                                "vfs).")] = "overlay",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Build what changed (keyed by the recipe and its base), bases first."""
-    from hpcstack.catalog.build import build_catalog
+    from hpcstack.catalog.build import OciOptions, build_catalog
+    from hpcstack.catalog.oci import Registry, Store
 
-    _, expanded = _expanded(catalog)
+    spec, expanded = _expanded(catalog)
+    oci = OciOptions(registry or spec.registry, Registry(cert_dir, tls_verify),
+                     Store.default(storage_driver))
     report = build_catalog(expanded, output, only=only, arch=_arch(arch), force=force,
-                           run_test=not notest, slurm=slurm, say=_say)
+                           run_test=not notest, slurm=slurm, fmt=fmt, registry=oci, say=_say)
     if as_json:
-        print(json.dumps({"built": report.built, "skipped": report.skipped,
-                          "sizes": report.sizes, "seconds": round(report.seconds, 2)}, indent=2))
+        print(json.dumps(report.as_json(), indent=2))
         return
     for tag in report.built:
         _say(f"[green]built[/] {tag} ({report.sizes[tag] / 2**20:.1f} MiB)")
-    _say(f"{len(report.built)} built, {len(report.skipped)} up to date, "
-         f"in {report.seconds:.1f} s")
+    for tag in report.pushed:
+        _say(f"[green]pushed[/] {report.digests[tag]}")
+    if fmt != "sif":
+        _say(f"{len(report.pushed)} pushed, {len(report.unchanged)} unchanged in the registry")
+    if fmt != "oci":
+        _say(f"{len(report.built)} built, {len(report.skipped)} up to date")
+    _say(f"in {report.seconds:.1f} s")
 
 
 @app.command("publish")
