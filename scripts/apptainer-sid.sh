@@ -10,7 +10,8 @@
 #     -> sudo -n apptainer-enter USER CWD PATH ARGS   (a rule for this one script)
 #     -> unshare --mount, pivot_root into the tree, runuser -u USER -- apptainer ARGS
 #
-# so Apptainer itself always runs as the calling user, unprivileged (it needs
+# ($LIBEXEC/apptainer-sid-run CMD runs any command there the same way), so
+# Apptainer itself always runs as the calling user, unprivileged (it needs
 # the user's subordinate ID ranges for --fakeroot, as on any site). The shim
 # is not on anyone's PATH by default: `hpcstack build --engine auto` must keep
 # choosing the builtin engine unless a test asks for Apptainer.
@@ -54,6 +55,7 @@ sed "s|@ROOT@|$ROOT|" "$HERE/apptainer/enter.sh" > "$LIBEXEC/apptainer-enter.new
 install -m 0755 "$LIBEXEC/apptainer-enter.new" "$LIBEXEC/apptainer-enter"
 rm -f "$LIBEXEC/apptainer-enter.new"
 install -m 0755 "$HERE/apptainer/shim.sh" "$LIBEXEC/apptainer-shim/apptainer"
+install -m 0755 "$HERE/apptainer/run.sh" "$LIBEXEC/apptainer-sid-run"
 echo "ALL ALL=(root) NOPASSWD:SETENV: $LIBEXEC/apptainer-enter" > /etc/sudoers.d/hpcstack-apptainer
 chmod 0440 /etc/sudoers.d/hpcstack-apptainer
 echo "==> $("$LIBEXEC/apptainer-shim/apptainer" --version 2>/dev/null || echo 'apptainer: not runnable') (shim: $LIBEXEC/apptainer-shim)"
