@@ -4,26 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from hpcstack import yamlfile
-from hpcstack.service.models import base_problem
-
-
-class Base(BaseModel):
-    """A base image the page offers: a label and what ``u2cb create -b`` takes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    label: str
-    ref: str = Field(description="docker://REF or debootstrap://SUITE")
-
-    @field_validator("ref")
-    @classmethod
-    def _ref(cls, value: str) -> str:
-        if problem := base_problem(value, "ref"):
-            raise ValueError(problem)
-        return value
+from hpcstack.studio.config import U2cbBase
 
 
 class PortalConfig(BaseModel):
@@ -33,7 +17,7 @@ class PortalConfig(BaseModel):
 
     title: str = "Container builds (U2CB)"
     server: str | None = Field(None, description="the U2CB service URL (default: as u2cb)")
-    bases: list[Base] = []
+    bases: list[U2cbBase] = []  # the studio file's u2cb.bases, as generate wrote them
     max_upload: int | None = Field(None, ge=1, description="bytes; the page refuses more "
                                    "before sending (the service enforces its own)")
 
