@@ -163,6 +163,12 @@ From: {hello}
 
 %post
     echo layered > /layered.txt
+
+%environment
+    export LAYER=second
+
+%help
+    The layer's help.
 """,
     )
     user.hpcstack("build", "local.sif", "local.def", cwd=work, check=True)
@@ -170,6 +176,17 @@ From: {hello}
         "exec", str(work / "local.sif"), "sh", "-c", "cat /layered.txt; hello", check=True
     )
     assert proc.stdout.splitlines() == ["layered", "Hello, world!"]
+    # As apptainer build: the base's %environment stays under ours, its help and its
+    # definition (in bootstrap_history) are kept, and what %post made is 0664 (umask 002).
+    proc = user.hpcstack("exec", str(work / "local.sif"), "sh", "-c",
+                         'echo "$GREETING_LANG $LAYER"; cat /.singularity.d/runscript.help; '
+                         "head -5 /.singularity.d/bootstrap_history/Apptainer0", check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "C second"
+    assert "Prints a friendly greeting with GNU hello." in lines[1]
+    assert any(line.startswith("Bootstrap: debootstrap") for line in lines[2:])
+    listing = squashfs_listing(work / "local.sif", "/layered.txt")
+    assert re.search(r"^-rw-rw-r-- 0/0 .* squashfs-root/layered\.txt$", listing, re.M), listing
 
 
 def test_two_stage_build_keeps_only_the_binary(user: User, hello: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcstack import __version__
-from hpcstack.build import agents, engines, fakeroot, layout, pack
+from hpcstack.build import agents, engines, fakeroot, inside, layout, pack
 from hpcstack.build.builder import BuildOptions, definition_text
 from hpcstack.build.cache import BuildCache, key_of
 from hpcstack.deffile import Script, parse
@@ -136,15 +136,44 @@ def test_docker_env_is_quoted_and_path_is_set() -> None:
     }
     text = items[".singularity.d/env/10-docker2singularity.sh"].content
     assert 'export PATH="/opt/bin:/usr/bin"' in text
-    assert 'export MSG="${MSG:-say \\"\\$HOME\\" \\`x\\`}"' in text
+    # Apptainer escapes for the shell, then quotes with Go's %q: the inner quotes stay.
+    assert 'export MSG="${MSG:-"say \\\\\\"\\\\$HOME\\\\\\" \\\\`x\\\\`"}"' in text
+
+
+def test_docker_env_as_apptainer_writes_it() -> None:
+    """Issue 12 (parity): Apptainer's 10-docker2singularity.sh, line for line: bare names
+    default to empty, names that are not shell names are dropped, control characters in
+    Go's escapes."""
+    env = layout.docker_env(["PATH=/usr/local/bin:/usr/bin", "FROM_IMAGE=debian-bookworm",
+                             "BARE", "1BAD=x", "TAB=a\tb", "EQ=k=v"])
+    assert env == [("PATH", "/usr/local/bin:/usr/bin"), ("FROM_IMAGE", "debian-bookworm"),
+                   ("BARE", None), ("TAB", "a\tb"), ("EQ", "k=v")]
+    items = {i.path: i for i in layout.base_environment(env)}
+    lines = items[".singularity.d/env/10-docker2singularity.sh"].content.splitlines()
+    assert [ln for ln in lines if ln.startswith("export")] == [
+        'export PATH="/usr/local/bin:/usr/bin"',
+        'export FROM_IMAGE="${FROM_IMAGE:-"debian-bookworm"}"',
+        'export BARE="${BARE:-}"',
+        'export TAB="${TAB:-"a\\tb"}"',
+        'export EQ="${EQ:-"k=v"}"',
+    ]
+
+
+def test_go_quote() -> None:
+    assert layout.go_quote('a"b\\c') == '"a\\"b\\\\c"'
+    assert layout.go_quote("héllo\x01\x7f\u00a0\n") == '"héllo\\x01\\x7f\\u00a0\\n"'
 
 
 def test_final_files() -> None:
     labels = layout.labels(STAGE, arch="amd64", build_date="D", extra={"Extra": "from post"})
     files = {f.path: f for f in layout.final_files(STAGE, deffile_text="DEF", label_map=labels)}
     assert files[".singularity.d/runscript"].content == '#!/bin/bash\n\n    echo run "$@"\n'
-    assert 'export A="1 2"' in files[".singularity.d/env/90-environment.sh"].content
-    assert files[".singularity.d/runscript.help"].content == "    Some help.\n"  # as Apptainer
+    env = files[".singularity.d/env/90-environment.sh"]
+    assert isinstance(env, layout.Append) and env.content == '\n    export A="1 2"\n'
+    assert env.fresh.startswith("#!/bin/sh\n") and 'export A="1 2"' in env.fresh
+    help_file = files[".singularity.d/runscript.help"]
+    assert help_file.content == "    Some help.\n"  # as Apptainer
+    assert isinstance(help_file, layout.Default) and help_file.mode == 0o644
     assert files[".singularity.d/Singularity"].content == "DEF"
     data = json.loads(files[".singularity.d/labels.json"].content)
     assert data["Author"] == "me" and data["Extra"] == "from post"
@@ -409,3 +438,95 @@ def test_mmdebstrap_installs_what_apptainers_debootstrap_does() -> None:
     assert sim.returncode == 0, sim.stderr
     assert re.search(r"^Inst (dash|bash|coreutils) ", sim.stdout, re.M), sim.stdout[-500:]
     assert not re.search(r"^Inst (e2fsprogs|udev|openssl|debconf-i18n) ", sim.stdout, re.M)
+
+
+LAYERED = parse("""Bootstrap: localimage
+From: base.sif
+
+%environment
+    export LAYER=second
+
+%help
+    Layer help.
+""", "x.def").final
+
+
+def base_root(tmp_path: Path) -> Path:
+    """A root as a base image leaves it: its own environment, help and definition."""
+    root = tmp_path / "root"
+    inside.write_files(str(root), layout.base_environment(fresh=False))
+    sd = root / layout.SD
+    (sd / "env/90-environment.sh").write_text("#!/bin/sh\nexport BASE=first\n")
+    (sd / "runscript.help").write_text("Base help.\n")
+    (sd / "Singularity").write_text("BASE DEF")
+    return root
+
+
+def layer(root: Path, *, force: bool = False) -> None:
+    files = layout.final_files(LAYERED, deffile_text="NEW DEF", label_map={}, force=force)
+    inside.keep_history(str(root))
+    inside.write_files(str(root), files)
+
+
+def test_environment_is_appended_to_the_base_images(tmp_path: Path) -> None:
+    """Issue 12 (parity): Apptainer appends %environment; the base's variables stay."""
+    root = base_root(tmp_path)
+    layer(root)
+    env = root / layout.SD / "env/90-environment.sh"
+    assert env.read_text() == "#!/bin/sh\nexport BASE=first\n\n    export LAYER=second\n"
+    assert env.stat().st_mode & 0o777 == 0o755
+
+
+def test_fresh_root_gets_the_default_environment_then_the_definitions(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    inside.write_files(str(root), layout.base_environment())
+    inside.write_files(str(root), layout.final_files(LAYERED, deffile_text="D", label_map={}))
+    text = (root / layout.SD / "env/90-environment.sh").read_text()
+    assert text.startswith("#!/bin/sh\n") and text.endswith("\n    export LAYER=second\n")
+    assert text.count("export LAYER") == 1
+
+
+def test_base_images_help_is_kept_unless_force(tmp_path: Path) -> None:
+    """Issue 12 (parity): Apptainer writes %help only where the image has none, or
+    with --force."""
+    root = base_root(tmp_path)
+    layer(root)
+    assert (root / layout.SD / "runscript.help").read_text() == "Base help.\n"
+    layer(root, force=True)
+    assert (root / layout.SD / "runscript.help").read_text() == "    Layer help.\n"
+    (root / layout.SD / "runscript.help").unlink()
+    layer(root)
+    assert (root / layout.SD / "runscript.help").read_text() == "    Layer help.\n"
+
+
+def test_base_definition_goes_to_bootstrap_history(tmp_path: Path) -> None:
+    """Issue 12 (parity): each layer's definition moves to bootstrap_history/ApptainerN."""
+    root = base_root(tmp_path)
+    layer(root)
+    history = root / layout.HISTORY
+    assert sorted(p.name for p in history.iterdir()) == ["Apptainer0"]
+    assert (history / "Apptainer0").read_text() == "BASE DEF"
+    assert history.stat().st_mode & 0o777 == 0o755
+    layer(root)
+    assert sorted(p.name for p in history.iterdir()) == ["Apptainer0", "Apptainer1"]
+    assert (history / "Apptainer1").read_text() == "NEW DEF"
+    assert (root / layout.SD / "Singularity").read_text() == "NEW DEF"
+
+
+def test_fresh_root_has_no_bootstrap_history(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    inside.write_files(str(root), layout.base_environment())
+    inside.keep_history(str(root))
+    assert not (root / layout.HISTORY).exists()
+
+
+def test_files_copied_into_the_image_under_apptainers_umask(tmp_path: Path) -> None:
+    """Issue 12 (parity): Apptainer builds under umask 002, so what %files and %post
+    create is group-writable (91-environment.sh is 0664 in its images)."""
+    src = tmp_path / "src.txt"
+    src.write_text("x")
+    src.chmod(0o664)
+    root = tmp_path / "root"
+    root.mkdir()
+    inside.copy_into([str(src)], str(root), "/opt/dst.txt", follow=True)
+    assert (root / "opt/dst.txt").stat().st_mode & 0o777 == 0o664

@@ -246,7 +246,7 @@ def oci(stage: Stage, ctx: Context) -> Source:
 
         entry = ctx.cache.fill("oci", key, ref, produce)
     config = oci_config(entry / "layout", "image")
-    env = [tuple(e.split("=", 1)) for e in config.get("Env") or [] if "=" in e]
+    env = layout.docker_env(config.get("Env") or [])
     return Source(kind="oci", path=str(entry / "layout"), ref="image", env=env,
                   tree=str(entry / "rootfs"),
                   runscript=layout.docker_runscript(config.get("Entrypoint"),

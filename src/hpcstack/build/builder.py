@@ -290,6 +290,7 @@ def build_definition(name: str, defn: Definition, text: str, output: Path,
             plan = Plan(deffile=name, definition=defn, text=stored_text(text),
                         workdir=str(work),
                         sources=sources, host_files=host_files, run_test=options.run_test,
+                        force=options.force,
                         sandbox=options.sandbox, compression=options.compression,
                         arch=pack.host_arch(),
                         build_date=layout.build_date(datetime.now(UTC)))

@@ -33,6 +33,9 @@ from hpcstack.files import tree_size
 
 ENV_FILE = "/.singularity.d/env/91-environment.sh"
 LABELS_FILE = "/.build.labels"
+# Apptainer builds under umask 002: what %setup, %files and %post create (such as
+# $APPTAINER_ENVIRONMENT, 91-environment.sh) is group-writable, 0664, in both.
+UMASK = 0o002
 
 
 def log(message: str) -> None:
@@ -186,14 +189,30 @@ def write_files(rootfs: str, items: Sequence[layout.Item]) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if isinstance(item, layout.Default) and os.path.lexists(path):
             continue
+        if isinstance(item, layout.Append) and os.path.isfile(path):
+            with open(path, "a") as fh:
+                fh.write(item.content)
+            continue
         if os.path.lexists(path) and not os.path.isdir(path):
             os.unlink(path)
         if isinstance(item, layout.Link):
             os.symlink(item.target, path)
         else:
             with open(path, "w") as fh:
-                fh.write(item.content)
+                fh.write(item.fresh if isinstance(item, layout.Append) else item.content)
             os.chmod(path, item.mode)
+
+
+def keep_history(rootfs: str) -> None:
+    """Move a base image's definition to ``bootstrap_history/ApptainerN``, as Apptainer
+    does, before the new one is written: the image keeps how each layer was made."""
+    old = os.path.join(rootfs, layout.SD, "Singularity")
+    if not os.path.lexists(old):
+        return
+    history = os.path.join(rootfs, layout.HISTORY)
+    if not os.path.isdir(history):
+        os.mkdir(history, 0o755)
+    os.rename(old, os.path.join(history, layout.history_name(len(os.listdir(history)))))
 
 
 def image_labels(rootfs: str) -> dict[str, str]:
@@ -250,7 +269,7 @@ def run_setup(plan: Plan, stage: Stage, rootfs: str, confined: bool) -> None:
            "APPTAINER_ENVIRONMENT": rootfs + ENV_FILE,
            "SINGULARITY_ENVIRONMENT": rootfs + ENV_FILE}
     status = subprocess.run(list(script.argv(path)), env=env, cwd=plan.workdir,
-                            stdin=subprocess.DEVNULL, check=False).returncode
+                            stdin=subprocess.DEVNULL, check=False, umask=UMASK).returncode
     if status:
         raise section_failed(plan, "setup", script, status)
 
@@ -261,7 +280,7 @@ def copy_into(srcs: Sequence[str], rootfs: str, dst: str, *, follow: bool) -> No
     parent = target if dst.endswith("/") else os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     flags = ["-fLr"] if follow else ["-fa"]
-    sh(["cp", *flags, "--", *srcs, target])
+    sh(["cp", *flags, "--", *srcs, target], umask=UMASK)
 
 
 def copy_host_files(plan: Plan, index: int, rootfs: str) -> None:
@@ -306,7 +325,8 @@ def run_post(plan: Plan, stage: Stage, rootfs: str) -> dict[str, str]:
                       "APPTAINER_LABELS": LABELS_FILE, "SINGULARITY_LABELS": LABELS_FILE})
     try:
         status = subprocess.run(["chroot", rootfs, *list(script.argv(path))], env=env,
-                                cwd="/", stdin=subprocess.DEVNULL, check=False).returncode
+                                cwd="/", stdin=subprocess.DEVNULL, check=False,
+                                umask=UMASK).returncode
     finally:
         os.unlink(rootfs + path)
     if status:
@@ -324,7 +344,7 @@ def run_test(plan: Plan, stage: Stage, rootfs: str) -> None:
     log("Running testscript")
     status = subprocess.run(["chroot", rootfs, "/.singularity.d/actions/test"],
                             env=chroot_env(), cwd="/", stdin=subprocess.DEVNULL,
-                            check=False).returncode
+                            check=False, umask=UMASK).returncode
     if status:
         raise section_failed(plan, "test", stage.test, status)
 
@@ -346,9 +366,11 @@ def build_stage(plan: Plan, defn: Definition, index: int, confined: bool) -> Non
         post_labels = run_post(plan, stage, rootfs)
         label_map = layout.labels(stage, arch=plan.arch, build_date=plan.build_date,
                                   extra=post_labels, existing=image_labels(rootfs))
-        files = layout.final_files(stage, deffile_text=plan.text, label_map=label_map)
+        files = layout.final_files(stage, deffile_text=plan.text, label_map=label_map,
+                                   force=plan.force)
         if stage.runscript is None and source.runscript:
             files.append(layout.File(f"{layout.SD}/runscript", source.runscript, 0o755))
+        keep_history(rootfs)
         write_files(rootfs, files)
         if final:
             run_test(plan, stage, rootfs)

@@ -9,6 +9,7 @@ the images we build::
     /.singularity.d/env/{01-base,10-docker2singularity,90-environment,94-appsbase,
                          95-apps,99-base,99-runtimevars}.sh
     /.singularity.d/{runscript,startscript,test,runscript.help,labels.json,Singularity}
+    /.singularity.d/bootstrap_history/ApptainerN  (a base image's definitions)
     /.singularity.d/libs/  (where runtimes bind host libraries, e.g. GPU drivers)
     /singularity -> .singularity.d/runscript, /environment -> ..., /.exec -> ...
 
@@ -18,6 +19,7 @@ and the inspect-metadata JSON object that ``apptainer inspect`` reads from the S
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,7 +69,21 @@ class Default:
     mode: int = 0o755
 
 
-Item = File | Link | Dir | Default
+@dataclass(frozen=True)
+class Append:
+    """Text added to the end of a file the image has, or the whole of a new one.
+
+    Apptainer appends ``%environment`` to a base image's ``90-environment.sh``
+    rather than replacing it, so the base's variables stay set.
+    """
+
+    path: str
+    content: str  # appended when the file exists
+    fresh: str  # written when it does not
+    mode: int = 0o755
+
+
+Item = File | Link | Dir | Default | Append
 
 
 def _shell_dq(value: str) -> str:
@@ -75,6 +91,31 @@ def _shell_dq(value: str) -> str:
     for ch in ("\\", '"', "$", "`"):
         value = value.replace(ch, "\\" + ch)
     return value
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", '"': '\\"', "\\": "\\\\"}
+
+
+def go_quote(value: str) -> str:
+    """``value`` as Go's ``%q`` (``strconv.Quote``) writes it, quotes included.
+
+    Apptainer writes each OCI ``ENV`` value this way, after escaping it for the
+    shell; matching it keeps ``10-docker2singularity.sh`` byte for byte the same.
+    """
+    out = []
+    for ch in value:
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
 
 
 _templates = jinja2.Environment(
@@ -86,6 +127,7 @@ _templates = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _templates.filters["shell_dq"] = _shell_dq
+_templates.filters["go_quote"] = go_quote
 
 
 def _static(name: str) -> str:
@@ -109,7 +151,26 @@ def script_file(path: str, script: Script) -> File:
     return File(path, text, 0o755)
 
 
-def base_environment(docker_env: list[tuple[str, str]] | None = None, *,
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def docker_env(entries: list[str]) -> list[tuple[str, str | None]]:
+    """An OCI config's ``Env`` as Apptainer reads it: ``KEY=VALUE`` or a bare ``KEY``
+    (None: set to empty where unset); names that are not shell names are skipped."""
+    out: list[tuple[str, str | None]] = []
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if ENV_NAME.fullmatch(key):
+            out.append((key, value if sep else None))
+    return out
+
+
+def environment_script(body: str) -> str:
+    """``90-environment.sh`` as a bootstrap leaves it, ``body`` following its header."""
+    return _templates.get_template("env/90-environment.sh.j2").render(body=body)
+
+
+def base_environment(docker_env: list[tuple[str, str | None]] | None = None, *,
                      fresh: bool = True) -> list[Item]:
     """The files every image gets before ``%post`` runs: actions, base env, links.
 
@@ -122,6 +183,7 @@ def base_environment(docker_env: list[tuple[str, str]] | None = None, *,
     out += [File(f"{SD}/env/{name}", _static(f"env/{name}"), 0o755) for name in ENV_STATIC]
     out += [
         File(f"{SD}/env/94-appsbase.sh", "", 0o755),  # SCIF apps' globals; none here
+        Default(f"{SD}/env/90-environment.sh", environment_script("")),  # %environment's
         Default(f"{SD}/runscript", _static("runscript")),
         Default(f"{SD}/startscript", _static("startscript")),
         Link(".exec", f"{SD}/actions/exec"),
@@ -185,22 +247,40 @@ def labels_json(label_map: Mapping[str, str]) -> str:
     return json.dumps(dict(sorted(label_map.items())), indent="\t")
 
 
-def final_files(stage: Stage, *, deffile_text: str, label_map: Mapping[str, str]) -> list[File]:
-    """The files written after ``%post``: environment, scripts, help, labels, definition."""
-    env_body = stage.environment.body.rstrip("\n") if stage.environment else ""
-    out = [
-        File(f"{SD}/env/90-environment.sh",
-             _templates.get_template("env/90-environment.sh.j2").render(body=env_body), 0o755),
+def final_files(stage: Stage, *, deffile_text: str, label_map: Mapping[str, str],
+                force: bool = False) -> list[Item]:
+    """The files written after ``%post``: environment, scripts, help, labels, definition.
+
+    As Apptainer: ``%environment`` is appended to the ``90-environment.sh`` the
+    image has (a base image's variables stay), and a base image's
+    ``runscript.help`` is kept unless ``force`` (``--force``).  The base's
+    ``Singularity`` is moved to ``bootstrap_history/`` by the builder first.
+    """
+    out: list[Item] = [
         File(f"{SD}/labels.json", labels_json(label_map)),
         File(f"{SD}/Singularity", deffile_text),
     ]
+    env_body = stage.environment.body.rstrip("\n") if stage.environment else ""
+    if env_body.strip():
+        out.append(Append(f"{SD}/env/90-environment.sh", f"\n{env_body}\n",
+                          environment_script(env_body)))
     for section, name in ((stage.runscript, "runscript"), (stage.startscript, "startscript"),
                           (stage.test, "test")):
         if section is not None and section.body.strip():
             out.append(script_file(f"{SD}/{name}", section))
     if stage.help is not None and stage.help.body.strip():
-        out.append(File(f"{SD}/runscript.help", stage.help.body.rstrip("\n") + "\n"))
+        kind = File if force else Default
+        out.append(kind(f"{SD}/runscript.help", stage.help.body.rstrip("\n") + "\n", 0o644))
     return out
+
+
+HISTORY = f"{SD}/bootstrap_history"
+
+
+def history_name(existing: int) -> str:
+    """Where a base image's definition goes: ``Apptainer0``, then ``Apptainer1``, ...
+    (numbered by how many the history already holds, as Apptainer does)."""
+    return f"Apptainer{existing}"
 
 
 # What ``apptainer inspect --all`` reads for each attribute of its JSON object.

@@ -28,7 +28,7 @@ class Source(BaseModel):
     path: str = ""
     offset: int = 0  # of the SquashFS partition inside a SIF
     ref: str = ""  # tag inside an OCI layout
-    env: list[tuple[str, str]] = []  # an OCI image's ENV, for 10-docker2singularity.sh
+    env: list[tuple[str, str | None]] = []  # an OCI image's ENV, for 10-docker2singularity.sh
     runscript: str = ""  # an OCI image's ENTRYPOINT + CMD, when the stage has no %runscript
     tree: str = ""  # cache directory holding (or to hold) the unpacked root, an overlay's lower
 
@@ -68,6 +68,7 @@ class Plan(BaseModel):
     sources: list[Source]  # one per stage
     host_files: list[list[HostCopy]]  # one list per stage
     run_test: bool = True
+    force: bool = False  # --force: a base image's runscript.help is replaced, as in Apptainer
     sandbox: bool = False
     compression: Compression = "zstd"
     arch: str = "amd64"
