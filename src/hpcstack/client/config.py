@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hpcstack.errors import UserError
 
@@ -18,8 +18,9 @@ API = "/api/v1"
 MUNGE_HEADER = "X-Munge-Credential"
 
 
-@dataclass(frozen=True)
-class ClientConfig:
+class ClientConfig(NamedTuple):
+    """Where the service is and how to prove who we are (a token, else MUNGE)."""
+
     server: str
     token: str | None = None
     munge_socket: str | None = None

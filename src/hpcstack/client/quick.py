@@ -3,9 +3,11 @@
 Portals and users' scripts poll the list all the time, and each call used to pay
 for importing Typer, Rich, httpx and pydantic (four times the request itself).
 When the command line is a plain ``[--server URL] list [def|img] [--json]
-[--all]`` and the output is not a terminal, :func:`main` answers it with
-``http.client``; anything else (a terminal, ``--help``, another verb) returns
-``None`` and the full CLI takes over, with the same output.
+[--all]`` and the output is not a terminal, :func:`main` answers it with one
+HTTP/1.0 request on a socket (``http.client`` for an ``https://`` server: it
+imports ``ssl`` and ``email``, a third of this path's start-up); anything else (a
+terminal, ``--help``, another verb) returns ``None`` and the full CLI takes over,
+with the same output.
 
 Example::
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 from hpcstack.client.config import API, auth_headers, load_config
@@ -26,8 +28,7 @@ from hpcstack.errors import UserError
 COLUMNS = ("name", "kind", "state", "size", "source", "created")
 
 
-@dataclass(frozen=True)
-class ListQuery:
+class ListQuery(NamedTuple):
     server: str | None = None
     kind: str | None = None
     as_json: bool = False
@@ -88,31 +89,57 @@ def plain_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 def fetch_list(query: ListQuery) -> list[dict]:
     """GET /containers with this user's credential; the service's one-line error on failure."""
-    import http.client
-
     config = load_config(query.server)
     url = urlsplit(config.server)
     params = {k: v for k, v in (("kind", query.kind),
                                 ("all", "true" if query.all_users else None)) if v}
     path = f"{url.path.rstrip('/')}{API}/containers" + (f"?{urlencode(params)}" if params else "")
-    conn_class = http.client.HTTPSConnection if url.scheme == "https" else \
-        http.client.HTTPConnection
+    headers = auth_headers(config)
     try:
-        conn = conn_class(url.hostname or "127.0.0.1", url.port, timeout=60)
-        conn.request("GET", path, headers=auth_headers(config))
-        resp = conn.getresponse()
-        body = resp.read()
-    except OSError as err:
+        if url.scheme == "https":
+            status, reason, body = _get_https(url.hostname, url.port, path, headers)
+        else:
+            status, reason, body = _get(url.hostname or "127.0.0.1", url.port or 80, path,
+                                        headers)
+    except (OSError, ValueError) as err:
         raise UserError(f"cannot reach the build service at {config.server}: {err}") from None
-    if resp.status >= 400:
+    if status >= 400:
         try:
             detail = json.loads(body).get("detail")
         except (ValueError, AttributeError):
             detail = None
         if not isinstance(detail, str):
-            detail = f"the build service answered {resp.status} {resp.reason}"
+            detail = f"the build service answered {status} {reason}"
         raise UserError(detail)
     return json.loads(body)["containers"]
+
+
+def _get(host: str, port: int, path: str, headers: dict[str, str]) -> tuple[int, str, bytes]:
+    """One HTTP/1.0 GET: the server answers with a plain body and closes the connection."""
+    import socket
+
+    lines = [f"GET {path} HTTP/1.0", f"Host: {host}:{port}",
+             *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    with socket.create_connection((host, port), timeout=60) as conn:
+        conn.sendall("\r\n".join(lines).encode())
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+    if not sep or len(status_line) < 2 or not status_line[0].startswith("HTTP/"):
+        raise ValueError("not an HTTP answer")
+    return int(status_line[1]), (status_line[2] if len(status_line) > 2 else ""), body
+
+
+def _get_https(host: str | None, port: int | None, path: str,
+               headers: dict[str, str]) -> tuple[int, str, bytes]:
+    import http.client
+
+    conn = http.client.HTTPSConnection(host or "127.0.0.1", port, timeout=60)
+    conn.request("GET", path, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, resp.reason, resp.read()
 
 
 def main(argv: list[str]) -> int | None:
