@@ -170,6 +170,7 @@ def browse_jupyter(driver, port: int, base: str, notebook: str) -> None:  # type
 
 def browse_lab(driver, port: int, base: str, notebook: str) -> None:  # type: ignore[no-untyped-def]
     """JupyterLab: log in, open the notebook, run its cell; a plot (PNG) must come back."""
+    from selenium.common.exceptions import ElementNotInteractableException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -181,9 +182,16 @@ def browse_lab(driver, port: int, base: str, notebook: str) -> None:  # type: ig
     driver.get(f"http://127.0.0.1:{port}{base}/lab/tree/{notebook}")
     WebDriverWait(driver, 120).until(lambda d: d.find_elements(
         By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']"))
-    prompt = WebDriverWait(driver, 60).until(lambda d: d.find_elements(
-        By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .jp-InputPrompt"))
-    prompt[0].click()  # the cell, in command mode: Shift+Enter runs it
+    def click_prompt(d) -> bool:  # type: ignore[no-untyped-def]
+        """The cell's prompt, once it takes a click (JupyterLab lays the cell out late)."""
+        prompts = d.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .jp-InputPrompt")
+        try:
+            prompts[0].click()
+        except (IndexError, ElementNotInteractableException):
+            return False
+        return True
+
+    WebDriverWait(driver, 60).until(click_prompt)  # command mode: Shift+Enter runs it
     ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
     img = WebDriverWait(driver, 120).until(lambda d: d.find_elements(
         By.CSS_SELECTOR, ".jp-OutputArea-output img"))
