@@ -193,3 +193,15 @@ def test_cli_on_this_node_as_the_test_user(user: User, cluster, tmp_path: Path) 
     assert text.returncode == 1
     assert "FAIL subuid: nosuchuser-x: no such user; fix: useradd -m nosuchuser-x" in \
         text.stdout.splitlines()
+
+
+def test_user_option_checks_that_users_cache(user: User) -> None:
+    """`doctor --user NAME` run by an admin looks at NAME's cache, not the admin's."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "hpcstack", "doctor", "--json", "--user",
+                           user.name, "--min-free-gib", "0.01"], capture_output=True, text=True)
+    cache = [f for f in json.loads(proc.stdout) if f["check"].startswith("cache")]
+    assert cache and all(str(user.home / ".cache" / "hpcstack") in f["message"]
+                         for f in cache), cache

@@ -33,6 +33,7 @@ def doctor(
                     launchers=site_launchers(site))
     if user:
         inputs.user = user
+        inputs.cache_dir = user_cache_dir(user, inputs.cache_dir)
     findings = run_checks(inputs)
     if as_json:
         print(json.dumps([f.as_dict() for f in findings], indent=2))
@@ -40,6 +41,21 @@ def doctor(
         for finding in findings:
             print(finding.line())
     raise typer.Exit(1 if any(f.status is Status.FAIL for f in findings) else 0)
+
+
+def user_cache_dir(user: str, mine: Path) -> Path:
+    """The build cache of ``user`` as its builds find it by default (``~/.cache/hpcstack``);
+    the caller's own (``mine``, which honours the caller's variables) for the caller."""
+    import os
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return mine  # the subordinate-ID checks report the unknown user
+    if entry.pw_uid == os.getuid():
+        return mine
+    return Path(entry.pw_dir) / ".cache" / "hpcstack"
 
 
 def site_launchers(site: Path | None) -> list[str]:
