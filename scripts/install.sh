@@ -42,6 +42,7 @@ PACKAGES=(
   hpcc libopenblas0-serial                # hpcstack bench: HPC Challenge with OpenBLAS (the same build goes in its image)
   ruby chromium chromium-driver           # studio tests: OOD's ERB (erb), headless Chromium for the Jupyter page
   logrotate                               # rotates the usage records of container apps (logrotate/)
+  systemd strace                          # tests: systemd-analyze verify of the units; no fork in a wrapper
   nodejs                                  # U2CB portal: its Passenger launcher (app.js); npm brings xterm.js
 )
 missing=()

@@ -11,14 +11,13 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import HPCSTACK_PREFIX, REPO, User
+from conftest import HPCSTACK_PREFIX, REPO, User, need
 from hpcstack.errors import UserError
 from hpcstack.modules import parse_site
 from hpcstack.modules.render import module_for, wrapper
@@ -69,6 +68,7 @@ def render_wrapper(tmp_path: Path, log: Path) -> Path:
 
 
 def test_the_wrapper_appends_a_record_without_starting_a_process(user: User) -> None:
+    need("strace")
     tmp_path = user.workdir("usage-wrapper")
     log = tmp_path / "usage.log"
     log.touch()
@@ -173,8 +173,7 @@ def test_deploy_makes_the_log_appendable_by_all_readable_by_its_owner(tmp_path: 
 
 def test_the_shipped_logrotate_config_rotates_and_usage_still_counts(tmp_path: Path) -> None:
     """logrotate itself, forced, on a copy of the shipped config aimed at a temporary log."""
-    if not shutil.which("logrotate"):
-        pytest.skip("logrotate missing (Debian package logrotate)")
+    need("logrotate")  # install.sh installs it
     log = tmp_path / "usage.log"
     now = int(time.time())
     write_log(log, 50, now)

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import HPCSTACK_PREFIX, REPO, User, _ensure_user
+from conftest import HPCSTACK_PREFIX, REPO, User, _ensure_user, need
 
 UNITS = REPO / "systemd"
 FALLBACK = REPO / "scripts" / "u2cb-fallback.sh"
@@ -57,8 +57,7 @@ def service_lines(path: Path) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("name", ["u2cb.service", "u2cb@.service"])
 def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze missing (Debian package systemd)")
+    need("systemd-analyze")  # install.sh installs it (Debian package systemd)
     unit = tmp_path / name.replace("@.", "@site.")  # a template verifies as an instance
     shutil.copy(UNITS / name, unit)
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
