@@ -445,15 +445,9 @@ def main() -> int:
         sizes = {name: (bench.work / name).stat().st_size
                  for name in ("hello.sif", "reference.sif")}
     finally:
-        if not args.keep:
-            for path in bench.work.iterdir():
-                if path.name != "logs":
-                    bench.remove(path)
+        finish(bench, args.keep)
     loads.append(os.getloadavg()[0])
-    print(f"\nbuild benchmark: {args.rounds} rounds, interleaved, "
-          f"{time.perf_counter() - started:.0f} s in all; logs in {bench.work / 'logs'}")
-    print(f"load average (1 min) {loads[0]:.1f} at the start, {loads[1]:.1f} at the end, "
-          f"on {os.cpu_count()} CPUs: other work on the machine widens the spreads")
+    print_run("build benchmark", args.rounds, started, bench, loads)
     print(f"images: hpcstack {sizes['hello.sif'] / 2**20:.1f} MiB, "
           f"reference {sizes['reference.sif'] / 2**20:.1f} MiB\n")
     print("\n".join(report(times)))
@@ -463,6 +457,22 @@ def main() -> int:
                                          "seconds_and_bytes": times, "sif_bytes": sizes},
                                         indent=2) + "\n")
     return 0
+
+
+def finish(bench: Bench, keep: bool) -> None:
+    """Remove the work directory's builds (logs stay) unless asked to keep them."""
+    if not keep:
+        for path in bench.work.iterdir():
+            if path.name != "logs":
+                bench.remove(path)
+
+
+def print_run(title: str, rounds: int, started: float, bench: Bench, loads: list[float]
+              ) -> None:
+    print(f"\n{title}: {rounds} rounds, interleaved, "
+          f"{time.perf_counter() - started:.0f} s in all; logs in {bench.work / 'logs'}")
+    print(f"load average (1 min) {loads[0]:.1f} at the start, {loads[1]:.1f} at the end, "
+          f"on {os.cpu_count()} CPUs: other work on the machine widens the spreads")
 
 
 def main_apptainer(args: argparse.Namespace) -> int:
@@ -479,15 +489,10 @@ def main_apptainer(args: argparse.Namespace) -> int:
             times = figures_4_5(bench, args.rounds)
             sizes = figure_6(bench, args.rounds)
     finally:
-        if not args.keep:
-            for path in bench.work.iterdir():
-                if path.name != "logs":
-                    bench.remove(path)
+        finish(bench, args.keep)
     loads.append(os.getloadavg()[0])
-    print(f"\nbuild benchmark against Apptainer: {args.rounds} rounds, interleaved, "
-          f"{time.perf_counter() - started:.0f} s in all; logs in {bench.work / 'logs'}")
-    print(f"load average (1 min) {loads[0]:.1f} at the start, {loads[1]:.1f} at the end, "
-          f"on {os.cpu_count()} CPUs: other work on the machine widens the spreads\n")
+    print_run("build benchmark against Apptainer", args.rounds, started, bench, loads)
+    print()
     if times:
         print("\n".join(report_apptainer(times, sizes)))
     else:
