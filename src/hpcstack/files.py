@@ -1,4 +1,4 @@
-"""Small file helpers every part shares: checksums, atomic writes, tree sizes.
+"""Small file helpers every part shares: checksums, atomic writes, tree sizes, sizes shown.
 
 Nothing user-visible is ever half-written: :func:`write_atomic` writes under a
 temporary name in the same directory and renames, so readers see the old file
@@ -53,3 +53,12 @@ def tree_size(root: Path) -> int:
             except OSError:
                 continue
     return total
+
+
+def human_size(size: float) -> str:
+    """``1.5 MiB``: bytes as every listing and message shows them."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} TiB"

@@ -27,6 +27,7 @@ from hpcstack.cli.serve import serve
 from hpcstack.cli.sign import sign, verify
 from hpcstack.cli.studio import app as studio_app
 from hpcstack.errors import UserError
+from hpcstack.files import human_size
 
 app = typer.Typer(help="Run an HPC center's software stack in containers.",
                   no_args_is_help=True, add_completion=False,
@@ -46,14 +47,6 @@ app.command("verify")(verify)
 
 out = Console()
 err = Console(stderr=True)
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 @app.command()
@@ -141,7 +134,7 @@ def build(
                            docker_cert_dir=docker_cert_dir, docker_insecure=docker_insecure,
                            quiet=quiet)
     result = run_build(spec, output, options)
-    err.print(f"[green]Built[/] {result.output} ({_human(result.size)}) "
+    err.print(f"[green]Built[/] {result.output} ({human_size(result.size)}) "
               f"in {result.seconds:.1f} s")
 
 
@@ -189,7 +182,7 @@ def cache_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
     table = Table("kind", "key", "source", "size", "last used")
     for r in rows:
         used = datetime.fromtimestamp(r["last_used"]).strftime("%Y-%m-%d %H:%M")
-        table.add_row(r["kind"], r["key"][:12], r["source"], _human(r["size"]), used)
+        table.add_row(r["kind"], r["key"][:12], r["source"], human_size(r["size"]), used)
     out.print(table)
 
 
@@ -208,7 +201,7 @@ def cache_prune(
     freed = sum(e.size for e in removed)
     gone = prune_copies(cache_dir(os.environ), older_than)
     freed += sum(c.size for c in gone)
-    err.print(f"Removed {len(removed) + len(gone)} entries ({_human(freed)})")
+    err.print(f"Removed {len(removed) + len(gone)} entries ({human_size(freed)})")
     for path in prune_workdirs():
         err.print(f"Removed {path}, left by a build that was killed", soft_wrap=True)
 

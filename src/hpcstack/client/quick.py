@@ -24,6 +24,7 @@ from urllib.parse import urlencode, urlsplit
 
 from hpcstack.client.config import API, auth_headers, load_config
 from hpcstack.errors import UserError
+from hpcstack.files import human_size
 
 COLUMNS = ("name", "kind", "state", "size", "source", "created")
 
@@ -63,14 +64,7 @@ def parse(argv: list[str]) -> ListQuery | None:
 
 def human(size: int | None) -> str:
     """``1.5 MiB``: sizes as the list shows them."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+    return "-" if size is None else human_size(size)
 
 
 def table_rows(rows: list[dict], all_users: bool) -> list[tuple[str, ...]]:

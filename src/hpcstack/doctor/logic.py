@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import PurePosixPath
 
+from hpcstack.files import human_size
+
 SUBIDS_NEEDED = 65536  # UIDs 1..65535 inside a build map to the user's range
 #: File systems that are not local disk (sandboxes there break or crawl: Apptainer
 #: issues #1751, #2190).  Names as /proc/self/mountinfo writes them.
@@ -292,18 +294,11 @@ def netfs_finding(what: str, path: str, point: str, fstype: str, variable: str) 
     return ok(check, f"{path} on {fstype or 'unknown'} ({point})")
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def disk_finding(what: str, path: str, free: int, needed: int, variable: str) -> Finding:
     check = f"free disk in {what}"
     if free < needed:
-        return Finding(check, Status.FAIL, f"{path} has {human(free)} free, {human(needed)} "
-                       "needed", f"free space there, or set {variable} to a directory with "
+        return Finding(check, Status.FAIL,
+                       f"{path} has {human_size(free)} free, {human_size(needed)} needed",
+                       f"free space there, or set {variable} to a directory with "
                        "more")
-    return ok(check, f"{path} has {human(free)} free")
+    return ok(check, f"{path} has {human_size(free)} free")
