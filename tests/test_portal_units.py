@@ -107,14 +107,17 @@ def test_studio_refuses_a_bad_base_and_a_taken_name() -> None:
                      "apps: [{name: u2cb, kind: jupyter, image: /x.sif}]\n")
 
 
-def test_requests_from_another_site_are_refused() -> None:
+def test_requests_from_another_site_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A page of another site cannot make the user's browser act (forms, WebSockets);
-    the service itself is not needed for that (an unreachable one here)."""
+    the service itself is not needed for that (an unreachable one here). A token
+    stands in for MUNGE so the request gets as far as the (down) service whether or
+    not a munged runs on this machine."""
     from fastapi.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
 
     from hpcstack.portal.app import create_app
 
+    monkeypatch.setenv("U2CB_TOKEN", "unused")
     app = create_app(PortalConfig(server="http://127.0.0.1:9"), "/pun/sys/u2cb")
     web = TestClient(app)
     evil = {"Origin": "https://evil.example"}

@@ -61,8 +61,9 @@ def munge_credential(socket: str | None) -> str:
     except FileNotFoundError:
         raise UserError("munge not found: install munge, or set U2CB_TOKEN") from None
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        raise UserError(f"munge: {last}")
+        last = (proc.stderr.strip().splitlines() or ["failed"])[-1].removeprefix("munge: ")
+        raise UserError(f"no MUNGE credential: {last}; `hpcstack doctor` checks munged, "
+                        "or set U2CB_TOKEN")
     return proc.stdout.strip()
 
 
