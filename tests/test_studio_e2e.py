@@ -248,7 +248,8 @@ def browse_desktop(driver, port: int, title: str, check: str) -> None:  # type: 
 
 
 def browse_tensorboard(driver, port: int, tag: str) -> None:  # type: ignore[no-untyped-def]
-    """TensorBoard through /rnode: its scalars dashboard lists the run's tag."""
+    """TensorBoard through /rnode, logged in by the session page's form: its scalars
+    dashboard lists the run's tag."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -578,9 +579,10 @@ writer.close()
 
 def test_tensorboard_under_slurm_reads_the_form_log_directory(
         user: User, cluster: slurm_fixture.Slurm) -> None:
-    """TensorBoard from PyPI in an image hpcstack built: the form's log directory, bound at
-    /logs, is what it serves (a run written beforehand is listed with its values, and its
-    tag shows in the browser). TensorBoard has no login: OOD's proxy is the only way in."""
+    """TensorBoard from PyPI in an image hpcstack built, behind the session password
+    (tensorboard_gate.py): nothing without it, a wrong one refused, the right one in. The
+    form's log directory, bound at /logs, is what it serves (a run written beforehand is
+    listed with its values, and its tag shows in the browser)."""
     need("chromium", "chromedriver", "ruby", "curl")
     work, app = _build_app(user, "tensorboard", "tensorboard")
     logs = user.workdir("studio-tb-logs")
@@ -592,14 +594,22 @@ def test_tensorboard_under_slurm_reads_the_form_log_directory(
         conn = _wait_for_connection(work / "session", start, 300, log)
         base = f"http://127.0.0.1:{conn['port']}"  # OOD's /rnode proxy strips its prefix
         deadline = time.monotonic() + 60
-        while not _curl(user, f"{base}/").startswith("200"):
+        while not _curl(user, f"{base}/").startswith("401"):  # the gate's login page
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
-        tags = json.loads(user.run(["curl", "-s", f"{base}/data/plugin/scalars/tags"],
+        jar = work / "cookies.txt"
+        tags_url = f"{base}/data/plugin/scalars/tags"
+        assert _curl(user, tags_url).startswith("401")
+        assert _curl(user, "-c", str(jar), "-d", "password=wrong", f"{base}/login") \
+            .startswith("403")
+        assert _curl(user, "-b", str(jar), tags_url).startswith("401")
+        assert _curl(user, "-c", str(jar), "--data-urlencode", f"password={conn['password']}",
+                     f"{base}/login").startswith("303")
+        tags = json.loads(user.run(["curl", "-s", "-b", str(jar), tags_url],
                                    check=True).stdout)
         assert "loss" in tags["run1"], tags
-        points = json.loads(user.run(["curl", "-s", f"{base}/data/plugin/scalars/scalars"
-                                      "?run=run1&tag=loss"], check=True).stdout)
+        points = json.loads(user.run(["curl", "-s", "-b", str(jar), f"{base}/data/plugin/"
+                                      "scalars/scalars?run=run1&tag=loss"], check=True).stdout)
         assert [(p[1], round(p[2], 3)) for p in points] == [(0, 1.0), (1, 0.5), (2, 0.333)]
         _browse(user, app, work / "session", work, "tensorboard", "studio-tensorboard.png",
                 "loss")

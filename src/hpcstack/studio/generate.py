@@ -3,7 +3,9 @@
 Every app gets ``manifest.yml``, ``form.yml`` and ``submit.yml.erb`` (from
 ``templates/common``) and the files of its kind (``templates/KIND``: the
 ``template/*.sh.erb`` scripts and ``view.html.erb``; kinds without an ``after.sh`` of their
-own get ``common/after.sh.erb``, which waits for the port).  Every kind uses OOD's
+own get ``common/after.sh.erb``, which waits for the port). TensorBoard apps also get
+``template/tensorboard_gate.py`` (this package's), which puts the session password in
+front of TensorBoard.  Every kind uses OOD's
 ``basic`` template: desktops run their VNC server inside the desktop image themselves.
 Each app is rendered into a temporary directory beside the output and renamed into
 place, so a failed run changes nothing.
@@ -19,6 +21,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -45,8 +48,9 @@ KIND_SPECS = {
     "jupyter": KindSpec(("jupyter", "notebook", "--config=${config}")),
     "vscode": KindSpec(("code-server", "--config", "${config}", "--disable-telemetry",
                         "--disable-update-check", "${workdir}")),
-    "tensorboard": KindSpec(("tensorboard", "--logdir", "/logs", "--host", "0.0.0.0",
-                             "--port", "${port}"), ("${logdir}:/logs",)),
+    "tensorboard": KindSpec(("python3", "${session}/tensorboard_gate.py", "--password-file",
+                             "${session}/tensorboard.passwd", "--logdir", "/logs",
+                             "--host", "0.0.0.0", "--port", "${port}"), ("${logdir}:/logs",)),
     "rstudio": KindSpec(("rserver", "--www-port=${port}", "--auth-none=0",
                          "--auth-pam-helper-path=${auth_helper}",
                          "--auth-encrypt-password=0", "--server-user=${USER}",
@@ -117,6 +121,9 @@ def render_app(studio: Studio, app: StudioApp, site: Site | None,
     for name in names:
         rel = name.split("/", 1)[1].removesuffix(".j2")
         files[rel] = env.get_template(name).render(ctx)
+    if app.kind == "tensorboard":  # TensorBoard has no login: the gate adds one
+        gate = resources.files("hpcstack.studio").joinpath("tensorboard_gate.py")
+        files["template/tensorboard_gate.py"] = gate.read_text()
     if "template/after.sh.erb" not in files:
         files["template/after.sh.erb"] = env.get_template("common/after.sh.erb.j2").render(ctx)
     return files
