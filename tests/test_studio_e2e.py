@@ -318,20 +318,23 @@ def _image(user: User, work: Path, name: str) -> Path:
     return sif
 
 
-def _generate(user: User, work: Path, apps: str, desktop: Path | None = None) -> Path:
-    """``hpcstack studio generate`` as the user for ``apps`` (YAML list items); the apps."""
-    config = work / "studio.yaml"
+def _generate(user: User, work: Path, apps: str, desktop: Path | None = None,
+              runtime: str = "charliecloud") -> Path:
+    """``hpcstack studio generate`` as the user for ``apps`` (YAML list items), with
+    ``runtime``; the directory of the apps (``apps``, or ``apps-RUNTIME``)."""
+    config = work / f"studio-{runtime}.yaml"
+    out = work / ("apps" if runtime == "charliecloud" else f"apps-{runtime}")
     config.write_text(f"""\
 cluster: test
-runtime: charliecloud
+runtime: {runtime}
 hpcstack: {HPCSTACK_PREFIX}/bin/hpcstack
 partitions: [debug]
 {f"desktop: {desktop}" if desktop else ""}
 apps:
 {apps}""")
     os.chown(config, user.uid, user.gid)
-    user.hpcstack("studio", "generate", "-c", str(config), str(work / "apps"), check=True)
-    return work / "apps"
+    user.hpcstack("studio", "generate", "-c", str(config), str(out), check=True)
+    return out
 
 
 def _build_app(user: User, kind: str, name: str) -> tuple[Path, Path]:
@@ -348,8 +351,9 @@ def jupyter_app(user: User) -> tuple[Path, Path]:
 
 
 def _submit(user: User, cluster: slurm_fixture.Slurm, app: Path, staged: Path,
-            *fields: str) -> tuple[str, Path]:
-    """Stage the app as OOD would (tests/ood_harness.rb) and sbatch it: (job id, its log)."""
+            *fields: str, path: str | None = None) -> tuple[str, Path]:
+    """Stage the app as OOD would (tests/ood_harness.rb) and sbatch it: (job id, its log).
+    The job gets the submitter's environment (sbatch's default), with ``path`` as PATH."""
     user.run(["ruby", str(REPO / "tests" / "ood_harness.rb"), "stage", str(app), str(staged),
               "partition=debug", "size=cpu-1", "hours=1", *fields,
               "set_host=host=127.0.0.1"], check=True)
@@ -357,7 +361,8 @@ def _submit(user: User, cluster: slurm_fixture.Slurm, app: Path, staged: Path,
     log = staged / "output.log"
     job = user.run(["sbatch", "--parsable", "-J", f"ood-{app.name}", f"--chdir={staged}",
                     f"--output={log}", *native, str(staged / "job_script.sh")],
-                   env=cluster.env, check=True).stdout.strip()
+                   env={**cluster.env, **({"PATH": path} if path else {})},
+                   check=True).stdout.strip()
     return job, log
 
 
@@ -511,8 +516,9 @@ def test_vscode_edits_and_saves_a_file(user: User, cluster: slurm_fixture.Slurm)
 
 
 @pytest.fixture(scope="module")
-def desktop_apps(user: User) -> tuple[Path, Path]:
-    """The desktop image and two GUI apps' images (Grace, Octave), and their apps."""
+def desktop_apps(user: User) -> tuple[Path, dict[str, Path]]:
+    """The desktop image and two GUI apps' images (Grace, Octave), and their apps generated
+    for each runtime (runtime -> the apps' directory)."""
     work = user.workdir("studio-desktop")
     # A user who has used Octave's GUI before (no first-run wizard in the screenshot).
     user.run(["sh", "-c", "mkdir -p ~/.config/octave && printf '[General]\\n' > "
@@ -520,29 +526,34 @@ def desktop_apps(user: User) -> tuple[Path, Path]:
     desktop = _image(user, work, "desktop")
     for name in ("grace", "octave"):
         _image(user, work, name)
-    apps = _generate(user, work, "  - {name: grace, kind: desktop, title: Grace, "
-                     "image: grace.sif, command: xmgrace}\n"
-                     "  - {name: octave, kind: desktop, title: Octave, image: octave.sif, "
-                     "command: octave --gui}\n", desktop)
-    return work, apps
+    entries = ("  - {name: grace, kind: desktop, title: Grace, "
+               "image: grace.sif, command: xmgrace}\n"
+               "  - {name: octave, kind: desktop, title: Octave, image: octave.sif, "
+               "command: octave --gui}\n")
+    return work, {runtime: _generate(user, work, entries, desktop, runtime)
+                  for runtime in ("charliecloud", "apptainer")}
 
 
-@pytest.mark.parametrize(("name", "title", "window"), [
-    ("grace", "Grace", '"Grace: '),   # its main window: "Grace: FILE"
-    ("octave", "Octave", '"Octave"'),  # not the documentation's, "Octave Documentation"
+@pytest.mark.parametrize(("runtime", "name", "title", "window"), [
+    ("charliecloud", "grace", "Grace", '"Grace: '),   # its main window: "Grace: FILE"
+    ("charliecloud", "octave", "Octave", '"Octave"'),  # not the documentation's
+    ("apptainer", "grace", "Grace", '"Grace: '),
 ])
 def test_desktop_app_window_in_the_browser(user: User, cluster: slurm_fixture.Slurm,
-                                           desktop_apps: tuple[Path, Path], name: str,
-                                           title: str, window: str) -> None:
+                                           desktop_apps: tuple[Path, dict[str, Path]],
+                                           request: pytest.FixtureRequest, runtime: str,
+                                           name: str, title: str, window: str) -> None:
     """A GUI app from its own image on the desktop image's VNC display: noVNC (served by the
     desktop's websockify) logs in with the session password and shows it; the app's window
     is on the display (xwininfo); a wrong VNC password and a client without the session's
-    X cookie are refused."""
+    X cookie are refused. With ``runtime: apptainer`` both images run under the real
+    Apptainer 1.4 (the sid tree's shim first on the job's PATH)."""
     need("chromium", "chromedriver", "ruby", "curl")
     work, apps = desktop_apps
-    staged = work / f"session-{name}"
+    path = request.getfixturevalue("apptainer").path if runtime == "apptainer" else None
+    staged = work / f"session-{name}-{runtime}"
     start = time.monotonic()
-    job, log = _submit(user, cluster, apps / name, staged, "working_dir=")
+    job, log = _submit(user, cluster, apps[runtime] / name, staged, "working_dir=", path=path)
     try:
         conn = _wait_for_connection(staged, start, 300, log)
         assert conn["websocket"] == conn["port"] and str(conn["display"]).isdigit()
@@ -550,9 +561,11 @@ def test_desktop_app_window_in_the_browser(user: User, cluster: slurm_fixture.Sl
         xwininfo = (f"DISPLAY=:{conn['display']} XAUTHORITY={staged}/Xauthority "
                     f"{HPCSTACK_PREFIX}/bin/hpcstack exec {work}/desktop.sif "
                     f"xwininfo -root -tree | grep -F '{window}'")
-        out = _browse(user, apps / name, staged, work, "desktop", f"studio-{name}.png",
-                      title, xwininfo)
+        shot = f"studio-{name}.png" if runtime == "charliecloud" else f"studio-{name}-{runtime}.png"
+        out = _browse(user, apps[runtime] / name, staged, work, "desktop", shot, title, xwininfo)
         assert f"title={title}" in out, out
+        if runtime == "apptainer":  # the session's processes ran under Apptainer
+            assert "Starting the desktop: apptainer exec" in log.read_text()
         # Without the session's X cookie the display refuses a client.
         stranger = user.hpcstack("exec", str(work / "desktop.sif"), "xwininfo", "-root",
                                  env={"DISPLAY": f":{conn['display']}",
