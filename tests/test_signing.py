@@ -306,6 +306,12 @@ def test_deploy_refuses_unsigned_and_tampered_images(user: User, cli_work: Path)
     assert not (w / "modules-tampered").exists()
     user.hpcstack("modules", "deploy", "-c", str(site("signed")), check=True)
     assert (w / "modules-signed").is_dir()
+    user.hpcstack("modules", "check", "--no-load", "-c", str(site("signed")), check=True)
+    # The site stops trusting the key that signed it: check names the module, deploy refuses.
+    make_key(w / "keys", "site", owner=user)  # a new key pair in place of the old one
+    proc = user.hpcstack("modules", "check", "--no-load", "-c", str(site("signed")))
+    assert proc.returncode == 1 and proc.stdout.startswith("hello/1: "), proc.stdout
+    assert "signed.sif" in proc.stdout and "trusted" in proc.stdout, proc.stdout
     # require_signature without keys is a site-file error naming the field.
     bad = w / "site-nokeys.yaml"
     bad.write_text("require_signature: true\n")

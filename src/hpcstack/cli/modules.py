@@ -139,8 +139,9 @@ def check_cmd(site: SiteOpt = DEFAULT_SITE,
               timeout: Annotated[float, typer.Option(
                   "--timeout", help="With --mpi: seconds each job may take.")] = 300,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every modulefile loads, every image is present and matches its checksum; with --mpi,
-    every promised MPI launcher starts every MPI app."""
+    """Every modulefile loads, every image is present and matches its checksum (and, with
+    require_signature, is signed by a key in today's trusted_keys); with --mpi, every
+    promised MPI launcher starts every MPI app."""
     from hpcstack.modules import check
 
     config = _site(site)

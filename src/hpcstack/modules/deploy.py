@@ -145,24 +145,34 @@ def _prepare_image(facts: ImageFacts, target: Path, site: Site, points: set[str]
 # --- deploy -----------------------------------------------------------------------------
 
 
-def check_signatures(site: Site, apps: list[App]) -> None:
-    """``require_signature``: each app's image is a SIF signed by a trusted key, unchanged."""
+def signature_problems(site: Site, images: dict[str, str]) -> dict[str, str]:
+    """``require_signature``: module -> why its image is not a SIF signed, unchanged, by
+    one of ``trusted_keys`` (``images``: module -> image; each image is checked once)."""
     from hpcstack.signing import verify_image
     from hpcstack.signing.pgp import load_keyring
 
     keyring = load_keyring(Path(k) for k in site.trusted_keys)
-    checked: set[str] = set()
+    why: dict[str, str | None] = {}
+    for image in set(images.values()):
+        why[image] = None
+        if not os.path.exists(image):
+            why[image] = f"image {image} not found: its signature cannot be checked"
+        elif not is_sif(image):
+            why[image] = f"image {image} is not a SIF image, and require_signature is set"
+        else:
+            try:
+                verify_image(Path(image), keyring)
+            except UserError as err:
+                why[image] = str(err)
+    return {module: why[image] for module, image in sorted(images.items()) if why[image]}
+
+
+def check_signatures(site: Site, apps: list[App]) -> None:
+    """Deploy refuses the first app whose image fails :func:`signature_problems`."""
+    problems = signature_problems(site, {a.module: a.image for a in apps})
     for app in apps:
-        if app.image in checked:
-            continue
-        if not is_sif(app.image):
-            raise UserError(f"{app.module}: image {app.image} is not a SIF image, and "
-                            "require_signature is set; nothing was deployed")
-        try:
-            verify_image(Path(app.image), keyring)
-        except UserError as err:
-            raise UserError(f"{app.module}: {err}; nothing was deployed") from None
-        checked.add(app.image)
+        if app.module in problems:
+            raise UserError(f"{app.module}: {problems[app.module]}; nothing was deployed")
 
 
 def deploy(site: Site, only: list[str] | None = None,
@@ -456,7 +466,9 @@ class Problem:
 
 
 def check(site: Site, load: bool = True) -> list[Problem]:
-    """Every modulefile loads, every wrapper and image is present, checksums match."""
+    """Every modulefile loads, every wrapper and image is present, checksums match; with
+    ``require_signature``, every image is still signed by a key the site trusts today
+    (a key taken out of ``trusted_keys`` shows here)."""
     layout = Layout.of(site)
     state = read_state(layout)
     problems: list[Problem] = []
@@ -464,6 +476,7 @@ def check(site: Site, load: bool = True) -> list[Problem]:
         if app.module not in state:
             problems.append(Problem(app.module, "in the site file but not deployed"))
     digests: dict[str, str | None] = {}
+    signed: dict[str, str] = {}  # module -> image, to verify against today's trusted_keys
     for key, d in sorted(state.items()):
         for path in d.files:
             if not os.path.exists(path):
@@ -476,6 +489,8 @@ def check(site: Site, load: bool = True) -> list[Problem]:
             digests[d.image] = tree_digest(image) if image.is_dir() else sha256_file(image)
         if digests[d.image] != d.image_sha256:
             problems.append(Problem(key, f"image {image} does not match its recorded checksum"))
+        elif site.require_signature:  # the SIF run, or the SIF a tree was extracted from
+            signed[key] = d.image if is_sif(d.image) else d.source
         if not load:
             continue
         systems = {"lmod": ["lmod"], "tcl": ["tcl"], "both": ["lmod", "tcl"]}[site.module_system]
@@ -488,4 +503,5 @@ def check(site: Site, load: bool = True) -> list[Problem]:
             err = load_error(system, tree, key)
             if err:
                 problems.append(Problem(key, f"{system}: module load fails: {err}"))
+    problems += [Problem(m, why) for m, why in signature_problems(site, signed).items()]
     return problems
