@@ -210,3 +210,21 @@ def test_cli_generate_only_and_errors(tmp_path: Path) -> None:
                           "nope", str(out)], capture_output=True, text=True)
     assert bad.returncode == 1 and "no such app" in bad.stderr and "Traceback" not in bad.stderr
     assert [p.name for p in out.iterdir()] == ["jupyter"]
+
+
+def test_tensorboard_apps_stage_the_password_gate(tmp_path: Path) -> None:
+    """TensorBoard has no login: its app stages this package's gate and runs it with the
+    session's password file (written 0600 by before.sh), not ``tensorboard`` itself."""
+    from hpcstack.studio import tensorboard_gate
+
+    _, apps = _apps(tmp_path)
+    app = next(a for a in apps if a.name == "tensorboard")
+    staged = (app / "template" / "tensorboard_gate.py").read_text()
+    assert staged == Path(tensorboard_gate.__file__).read_text()
+    args = list(KIND_SPECS["tensorboard"].args)
+    assert args[:4] == ["python3", "${session}/tensorboard_gate.py", "--password-file",
+                        "${session}/tensorboard.passwd"]
+    before = (app / "template" / "before.sh.erb").read_text()
+    assert "umask 077" in before and '> "${session}/tensorboard.passwd"' in before
+    assert not any((a / "template" / "tensorboard_gate.py").exists()
+                   for a in apps if a.name != "tensorboard")
