@@ -28,9 +28,14 @@ arch=$(dpkg --print-architecture)
 case $arch in amd64) partarch=2 ;; arm64) partarch=4 ;; *) echo "$arch: unsupported" >&2; exit 1 ;; esac
 
 # 1. The bootstrap.  (Lines "== ..." mark the phases in the benchmark's logs.)
+# The package set hpcstack bootstraps (debootstrap's minbase as Apptainer runs it:
+# Priority required and apt, less four; merged /usr by the hook, not usrmerge).
 echo "== bootstrap"
-mmdebstrap --mode=unshare --variant=minbase --architectures="$arch" --format=tar \
-    "$suite" root.tar "$@"
+required='?and(?priority(required),?not(?name("^(openssl|udev|debconf-i18n|e2fsprogs)$")))'
+hook=/usr/share/mmdebstrap/hooks/maybe-merged-usr
+[ -d "$hook" ] || hook=  # an older mmdebstrap: no hook, usrmerge as before
+mmdebstrap --mode=unshare --variant=apt --include="$required" --architectures="$arch" \
+    --format=tar ${hook:+"--hook-dir=$hook"} "$suite" root.tar "$@"
 
 # 2. %post and %test as fake root, then the SquashFS, in one user namespace.
 echo "== unpack, %post, %test, SquashFS"
