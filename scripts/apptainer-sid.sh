@@ -38,8 +38,11 @@ command -v sudo >/dev/null || {
 if [ ! -x "$ROOT/usr/bin/apptainer" ]; then
   # The host's own Debian mirror (deb822 or one-line sources); sid's Release
   # file there may be past its Valid-Until date.
-  mirror=$(grep -rhoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-           | awk '{print $2}' | grep -v security | head -n1)
+  # Only files apt reads (a fresh Debian 12 or 13 may have no sources.list at all).
+  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+               /etc/apt/sources.list.d/*.sources 2>/dev/null \
+           | sed -nE 's/^URIs: *([^ ]+).*/\1/p; s/^deb +(\[[^]]*\] +)?([^ ]+).*/\2/p' \
+           | grep -v security | head -n1) || true
   mirror=${mirror:-http://deb.debian.org/debian}
   echo "==> Apptainer from Debian sid ($mirror) into $ROOT"
   mkdir -p "$CACHE"

@@ -21,8 +21,9 @@ SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 def host_mirror() -> str:
     """The host's Debian mirror (deb822 or one-line sources), as apptainer-sid.sh finds it."""
     files: list[Path] = []
-    for src in SOURCES:
-        files += sorted(src.iterdir()) if src.is_dir() else [src] if src.exists() else []
+    for src in SOURCES:  # only what apt reads: sources.list, *.list, *.sources
+        files += sorted([*src.glob("*.list"), *src.glob("*.sources")]) if src.is_dir() \
+            else [src] if src.exists() else []
     for path in files:
         for line in path.read_text().splitlines():
             m = re.match(r"^(?:URIs:|deb(?:\s+\[[^]]*])?)\s+(\S+)", line.strip())
