@@ -77,7 +77,7 @@ def test_a_stranger_gets_nothing_of_tensorboard(gate) -> None:  # type: ignore[n
     assert login(port, "").status == 403
     assert login(port, "s3cret" + "x").status == 403
     for forged in (f"{COOKIE}=", f"{COOKIE}=guess", f"other={app.token}",
-                   f"{COOKIE}={app.token[:-1]}", 'bad"cookie'):
+                   f"{COOKIE}={app.token[:-1]}", 'bad"cookie', f"{COOKIE}=\u00e9t\u00e9"):
         assert request(port, "GET", "/data/runs", headers={"Cookie": forged}).status == 401
     other_start = PasswordGate(board, "s3cret", cookie=COOKIE)
     stale = f"{COOKIE}={other_start.token}"  # a cookie from an earlier session

@@ -72,7 +72,9 @@ class PasswordGate:
         except CookieError:
             return False
         morsel = jar.get(self.cookie)
-        return morsel is not None and hmac.compare_digest(morsel.value, self.token)
+        # As bytes: compare_digest refuses str with non-ASCII characters (a forged cookie).
+        return morsel is not None and hmac.compare_digest(morsel.value.encode(),
+                                                          self.token.encode())
 
     def _login(self, environ, start_response):
         try:
