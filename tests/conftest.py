@@ -116,6 +116,10 @@ def _ensure_user(name: str) -> User:
             check=True,
         )
     home = Path(pw.pw_dir)
+    # Debian 13's useradd makes homes 0700 (HOME_MODE), Debian 12's 0755: test every
+    # release with the stricter one, as many sites set it. Nothing of a user's build or run
+    # may then depend on another account (a subordinate ID, the service) entering a home.
+    home.chmod(0o700)
     user = User(name, pw.pw_uid, pw.pw_gid, home)
     user.run(["mkdir", "-p", str(home / "tmp")], check=True)
     return user

@@ -86,6 +86,26 @@ def test_definition_pins_the_host_packages(monkeypatch: pytest.MonkeyPatch) -> N
     assert "hpcstack.commands hpcc" in text
 
 
+@pytest.mark.parametrize("mpi_package", ["libopenmpi3", "libopenmpi40"])  # Debian 12, 13
+def test_host_packages_follow_the_libraries_hpcc_loads(monkeypatch: pytest.MonkeyPatch,
+                                                       mpi_package: str) -> None:
+    """The MPI library's package is found from the file hpcc loads, not named in the code:
+    Debian 13 ships Open MPI 5 as libopenmpi40."""
+    owners = {"/usr/lib/x86_64-linux-gnu/openblas-serial/libblas.so.3": "libopenblas0-serial",
+              "/usr/lib/x86_64-linux-gnu/libmpi.so.40.30.5": mpi_package}
+    monkeypatch.setattr(image, "owner_package", owners.__getitem__)
+    seen = []
+    monkeypatch.setattr(image, "_run", lambda argv, what: seen.append(argv) or
+                        "".join(f"{n}=1.0\n" for n in argv[3:]))
+    checksums = {"hpcc": ("a", "/usr/bin/hpcc"),
+                 "libblas.so.3": ("b", "/usr/lib/x86_64-linux-gnu/openblas-serial/libblas.so.3"),
+                 "libmpi.so.40": ("c", "/usr/lib/x86_64-linux-gnu/libmpi.so.40.30.5")}
+    packages = image.host_packages(checksums)
+    assert list(packages) == ["hpcc", "libopenblas0-serial", "openmpi-bin", mpi_package]
+    monkeypatch.setattr(image, "suite", lambda: "trixie")
+    assert "with libopenblas0-serial" in image.definition(packages)
+
+
 def test_differences_name_what_differs() -> None:
     host = {"hpcc": ("a", "/usr/bin/hpcc"), "libblas.so.3": ("b", "/x/openblas/libblas.so.3")}
     same = dict(host)

@@ -21,8 +21,10 @@ from hpcstack.bench.hpcc import render
 from hpcstack.errors import UserError
 from hpcstack.runtime import Launch, Runtime
 
-#: Packages whose versions the image pins besides the BLAS the host's hpcc loads.
-PINNED = ("hpcc", "openmpi-bin", "libopenmpi3")
+#: Packages the image pins by name. The BLAS and MPI libraries the host's hpcc loads are
+#: pinned through the packages that ship them, whose names differ between releases
+#: (``libopenmpi3`` on Debian 12, ``libopenmpi40`` on Debian 13).
+PINNED = ("hpcc", "openmpi-bin")
 HOST_HINT = "install it on the host first: apt-get install hpcc libopenblas0-serial"
 
 
@@ -67,10 +69,16 @@ def owner_package(path: str) -> str:
 
 
 def host_packages(checksums: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """Package -> version for hpcc, its MPI, and the BLAS package the host's hpcc loads."""
-    names = list(PINNED)
-    if "libblas.so.3" in checksums:
-        names.insert(1, owner_package(checksums["libblas.so.3"][1]))
+    """Package -> version for hpcc, the BLAS package the host's hpcc loads, its MPI.
+
+    >>> host_packages(host_checksums())  # doctest: +SKIP
+    {'hpcc': '1.5.0-3', 'libopenblas0-serial': '0.3.21+ds-4', 'openmpi-bin': '4.1.4-3+b1',
+     'libopenmpi3': '4.1.4-3+b1'}
+    """
+    def owner(lib: str) -> list[str]:
+        return [owner_package(checksums[lib][1])] if lib in checksums else []
+
+    names = ["hpcc", *owner("libblas.so.3"), "openmpi-bin", *owner("libmpi.so.40")]
     fmt = "${Package}=${Version}\\n"
     out = _run(["dpkg-query", "-W", f"-f={fmt}", *names], "host package versions")
     versions = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -90,7 +98,8 @@ def suite() -> str:
 
 def definition(packages: dict[str, str]) -> str:
     """The image's definition file (templates/hpcc.def.j2), pinned to ``packages``."""
-    blas = next((n for n in packages if n not in PINNED), "libblas3")
+    blas = next((n for n in packages if n not in PINNED and not n.startswith("libopenmpi")),
+                "libblas3")
     pins = " ".join(f"{n}={v}" for n, v in packages.items())
     return render("hpcc.def.j2", suite=suite(), packages=packages, blas=blas, pins=pins)
 
