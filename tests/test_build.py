@@ -296,6 +296,9 @@ http:
                 str(work / "rootfs.tar"),
             ],
             check=True,
+            # Its temporary root must be enterable by the user's subordinate root: not
+            # under the private (0700) home where the user's TMPDIR lies.
+            env={"TMPDIR": "/tmp"},
         )
         layout = f"{work}/oci:bookworm"
         for argv in (

@@ -408,7 +408,8 @@ def image(user: User) -> Iterator[Image]:
     if os.geteuid() == 0:
         subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", work], check=True)
     steps = [
-        "mmdebstrap --quiet --mode=unshare --variant=minbase --format=tar bookworm root.tar",
+        "env TMPDIR=/tmp mmdebstrap --quiet --mode=unshare --variant=minbase --format=tar bookworm "
+        "root.tar",  # its temporary root outside the private (0700) home
         "unshare --map-root-user --map-auto sh inside.sh",
         "rm root.tar",
         "siftool new image.sif",

@@ -150,8 +150,11 @@ def debian_root(store: Store, suite: str, mirrors: Sequence[str], workdir: Path,
     work = workdir / f"root-{suite}"
     work.mkdir(parents=True, exist_ok=True)
     tar = work / "rootfs.tar"
-    _run(["mmdebstrap", "--variant=minbase", "--format=tar", *(["--quiet"] if quiet else []),
-          suite, str(tar), *mirrors], f"mmdebstrap {suite}")
+    # As an ordinary user mmdebstrap works in a temporary root that its subordinate root
+    # must enter: not under $TMPDIR when that lies in a private home (0700, as Debian 13
+    # makes homes), but in /var/tmp. The tarball itself is written as the user.
+    _run(["env", "TMPDIR=/var/tmp", "mmdebstrap", "--variant=minbase", "--format=tar",
+          *(["--quiet"] if quiet else []), suite, str(tar), *mirrors], f"mmdebstrap {suite}")
     write_atomic(work / "Dockerfile", 'FROM scratch\nADD rootfs.tar /\nCMD ["bash"]\n')
     try:
         build(store, work / "Dockerfile", name, Registry())
