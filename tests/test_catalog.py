@@ -362,6 +362,21 @@ def test_schema_errors_name_the_field() -> None:
         expand(parse_catalog("bases:\n  - {name: a, flavour: debian, os: ubuntu22.04}\n"))
 
 
+def test_debian13_open_mpi_cannot_promise_pmi2() -> None:
+    """Debian 13's Open MPI 5 has no PMI-2 client: a base promising one is refused by
+    name, and its PMIx-only base finds the MPI package of that release by its library."""
+    bad = "bases:\n  - {name: b, flavour: debian, os: debian13, mpi: {version: '5.0', " \
+          "pmi: [pmix, pmi2]}}\n"
+    with pytest.raises(UserError, match=r"^catalog.yaml: bases\[0\]: .*debian13's Open MPI 5 "
+                       r"has no PMI-2 client; use pmi: \[pmix\]"):
+        parse_catalog(bad)
+    good = parse_catalog(bad.replace("pmix, pmi2", "pmix"))
+    [base] = expand(good).bases
+    text = render_image(base, "def", "/srv").text
+    assert "OSVersion: trixie" in text and "libopenmpi3" not in text
+    assert 'ompi=$(dpkg -S "$(readlink -f /usr/lib/$ma/libmpi.so.40)"' in text
+
+
 def test_cli_bad_catalog_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "catalog.yaml"
     bad.write_text(GOOD_BASES + "apps:\n  - {name: a, version: '1', base: cpu, "

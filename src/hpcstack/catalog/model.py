@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hpcstack import yamlfile
 
@@ -98,6 +98,17 @@ class Base(_Strict):
         if not re.fullmatch(r"(ubuntu|debian|rockylinux|centos|rhel)\d+(\.\d+)?", value):
             raise ValueError(f"{value!r}: expected e.g. ubuntu22.04, debian12, rockylinux9")
         return value
+
+    @model_validator(mode="after")
+    def _debian_openmpi_pmi2(self) -> Base:
+        """Debian 13's Open MPI 5 has no PMI-2 client to build in (its ``pmix`` framework,
+        where the ``s2`` component lived, is gone): it starts under PMIx only."""
+        release = re.fullmatch(r"debian(\d+)", self.os)
+        if (self.flavour == "debian" and release and int(release.group(1)) >= 13
+                and self.mpi and self.mpi.name == "openmpi" and "pmi2" in self.mpi.pmi):
+            raise ValueError(f"mpi.pmi: {self.os}'s Open MPI 5 has no PMI-2 client; "
+                             "use pmi: [pmix] (srun --mpi=pmix)")
+        return self
 
 
 class Variant(_Strict):
