@@ -226,6 +226,7 @@ def test_charliecloud_exec_plan(host: dict[str, Path]) -> None:
     sandbox, home = str(host["sandbox"]), str(host["home"])
     env = [
         f"--set-env=PATH={DEFAULT_PATH}",
+        f"--set-env=HOME={home}",
         f"--set-env=APPTAINER_CONTAINER={sandbox}",
         "--set-env=APPTAINER_NAME=sandbox",
         f"--set-env=SINGULARITY_CONTAINER={sandbox}",
@@ -538,12 +539,23 @@ def test_cwd_and_relative_paths_into_home(
     )
     proc = hpc(
         user,
-        {"image": image.sif, "args": ["sh", "-c", "pwd; cat data.txt ../../runtime-note.txt"]},
+        {"image": image.sif,
+         "args": ["sh", "-c", "pwd; echo $HOME; cat data.txt ../../runtime-note.txt"]},
         cache=shared_cache,
         cwd=work,
     )
-    assert proc.stdout == f"{work}\nin-cwd\nin-home\n", proc.stderr
+    # HOME is the user's own home inside too (ch-run 0.38 would say /root).
+    assert proc.stdout == f"{work}\n{user.home}\nin-cwd\nin-home\n", proc.stderr
     user.run(["rm", "-f", str(user.home / "runtime-note.txt")])
+
+
+@pytest.mark.integration
+def test_working_directory_the_user_cannot_enter_is_one_line(user: User, image: Image) -> None:
+    """Started from a directory it may not enter (root's home, as after ``sudo -u``)."""
+    proc = user.hpcstack("exec", str(image.sif), "true", cwd="/root")
+    assert proc.returncode == 1
+    assert proc.stderr == "hpcstack: error: /root: working directory cannot be entered " \
+                          "(permission denied); cd to a directory of yours first\n"
 
 
 @pytest.mark.integration

@@ -155,8 +155,15 @@ class Runtime(ABC):
         """Prepare the image and whatever the plan needs, then return the plan."""
         self.prepare(launch.image_path())
         plan = self.plan(launch)
-        if not plan.cwd.is_dir():
+        try:
+            is_dir = plan.cwd.is_dir()
+        except PermissionError:  # a directory above it is closed to this user
+            is_dir = None
+        if is_dir is False:
             raise UserError(f"{plan.cwd}: working directory does not exist")
+        if not is_dir or not os.access(plan.cwd, os.X_OK):
+            raise UserError(f"{plan.cwd}: working directory cannot be entered (permission "
+                            "denied); cd to a directory of yours first")
         if plan.notes:
             import logging
 

@@ -131,7 +131,10 @@ class Charliecloud(Runtime):
         guest_cwd, cwd_args = layout.workdir(str(cwd), home)
         argv += [*cwd_args, "-c", guest_cwd]
         overrides = self._overrides(launch)
-        argv += self._env_args(image, layout, overrides)
+        # ch-run 0.38 (Debian 13) sets HOME=/root unless given --home; the home bound at its
+        # own path is the user's HOME inside, as in Apptainer (and ch-run 0.31 kept it).
+        guest_home = home if home is not None and layout.visible(home) else None
+        argv += self._env_args(image, layout, overrides, guest_home)
         argv += [str(root), "--", *_inner(launch, root, overrides)]
         notes = list(layout.notes)
         if launch.gpu:
@@ -160,10 +163,12 @@ class Charliecloud(Runtime):
         env["USER"] = user
         return env
 
-    def _env_args(self, image: Path, layout: _Layout, overrides: dict[str, str]) -> list[str]:
+    def _env_args(self, image: Path, layout: _Layout, overrides: dict[str, str],
+                  home: str | None) -> list[str]:
         args = ["--env-no-expand", *(f"--unset-env={glob}" for glob in UNSET)]
         values = {
             "PATH": DEFAULT_PATH,
+            **({"HOME": home} if home else {}),
             "APPTAINER_CONTAINER": str(image),
             "APPTAINER_NAME": image.name,
             "SINGULARITY_CONTAINER": str(image),
