@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install hpcstack for every user of this Debian 12 machine, as a site would:
+# Install hpcstack for every user of this Debian 12 or 13 machine, as a site would:
 # the system packages it drives, and a virtual environment in /opt/hpcstack
 # made from Debian's /usr/bin/python3 (readable by everyone), with `hpcstack`
 # linked into /usr/local/bin. Idempotent: run it again after an update.
@@ -24,6 +24,16 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "install.sh: run as root (sudo), it installs system packages" >&2
   exit 1
 fi
+
+# Debian 12 (bookworm) and 13 (trixie) ship every package below under the same name
+# (docs/debian.md says what differs between them); another system is refused here.
+. /etc/os-release 2>/dev/null || true
+case "${ID:-}:${VERSION_ID:-}" in
+  debian:12|debian:13) ;;
+  *) echo "install.sh: ${PRETTY_NAME:-this system} is not Debian 12 or 13, the releases" \
+          "hpcstack installs on (docs/debian.md)" >&2
+     exit 1 ;;
+esac
 
 PACKAGES=(
   python3 python3-venv                    # the site's Python for hpcstack

@@ -27,6 +27,17 @@ HPCSTACK_PREFIX = Path(os.environ.get("HPCSTACK_PREFIX", "/opt/hpcstack"))
 USER_PATH = f"{HPCSTACK_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
 
+def _codename() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return ""
+
+
+#: This host's Debian suite: bookworm (Debian 12) or trixie (Debian 13).
+HOST_SUITE = _codename()
+
+
 @dataclass(frozen=True)
 class User:
     """An ordinary account: runs commands as itself, with its own home."""

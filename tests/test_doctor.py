@@ -92,7 +92,13 @@ def breakages(tmp: Path, inputs: Inputs) -> dict[str, tuple[Inputs, str]]:
     mountinfo = text_file(tmp / "mountinfo", "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
                           f"90 22 0:50 / {tmp} rw - nfs4 fs:/export rw\n")
     unsetuid = bin_dir(tmp / "p", newuidmap=plain)
+    ubuntu = text_file(tmp / "os-release", 'PRETTY_NAME="Ubuntu 24.04 LTS"\nID=ubuntu\n'
+                       'VERSION_ID="24.04"\n')
     return {
+        "release": (replace(inputs, os_release=ubuntu),
+                    f"WARN release: Ubuntu 24.04 LTS ({ubuntu}): hpcstack installs on and "
+                    "is tested on Debian 12 and 13 only; fix: use Debian 12 (bookworm) or 13 "
+                    "(trixie); see docs/debian.md"),
         "subuid": (replace(inputs, subuid=no_range),  # ranges end at 165535: next is 196608
                    f"FAIL subuid: {u} has no subordinate UID range in {no_range}; "
                    f"fix: usermod --add-subuids 196608-262143 {u}"),
@@ -172,6 +178,29 @@ def test_launchers_against_what_slurm_lists() -> None:
         "apt-get install libpmix-dev"]
     assert logic.mpi_types("srun: MPI types are...\nsrun: none\nsrun: pmi2\nsrun: pmix\n"
                            "srun: pmix_v4\n") == {"none", "pmi2", "pmix", "pmix_v4"}
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID="12"\nID=debian\n',
+     "OK   release: Debian 12 (bookworm)"),
+    ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_ID="13"\nID=debian\n',
+     "OK   release: Debian 13 (trixie)"),
+    ('PRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\nVERSION_ID="11"\nID=debian\n',
+     "WARN release: Debian GNU/Linux 11 (bullseye) (/etc/os-release): hpcstack installs on "
+     "and is tested on Debian 12 and 13 only; fix: use Debian 12 (bookworm) or 13 (trixie); "
+     "see docs/debian.md")])
+def test_release_of_the_node(text: str, line: str) -> None:
+    assert logic.release_finding(text).line() == line
+
+
+@pytest.mark.parametrize(("version", "starts"), [("4.1.4", "4.x"), ("5.0.7", "5.x")])
+def test_mpirun_says_which_images_it_starts(version: str, starts: str) -> None:
+    """Debian 12's mpirun is Open MPI 4 (ORTE), Debian 13's Open MPI 5 (PRRTE): each starts
+    ranks of its own major version only (docs/modules.md's pair table)."""
+    ompi = logic.open_mpi_version(f"mpirun (Open MPI) {version}\n\nReport bugs to x\n")
+    [found] = logic.launcher_findings(["mpirun"], None, "", "/usr/bin/mpirun", None, ompi)
+    assert found.line() == (f"OK   launcher mpirun: /usr/bin/mpirun (Open MPI {version}: starts "
+                            f"images with Open MPI {starts}; others through srun --mpi=pmix)")
 
 
 def test_cli_on_this_node_as_the_test_user(user: User, cluster, tmp_path: Path) -> None:

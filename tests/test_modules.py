@@ -4,12 +4,19 @@ a real single-node Slurm with MUNGE, host Open MPI launching one container per r
 Everything a user does runs as the unprivileged test user; only the Slurm and
 MUNGE daemons run as root (they start jobs as that user).  The GROMACS and
 LAMMPS images are built once per module from ``examples/modules/*.def``.
+
+Those images are Debian 12's (Open MPI 4.1 with its PMI-2 client, MPICH 4.0): both
+releases' Slurm start them with ``srun --mpi=pmi2`` and ``--mpi=pmix``. A host's own
+``mpirun`` starts only ranks of its own Open MPI major version (4: ORTE, 5: PRRTE), so on
+a Debian 13 host the ``mpirun`` test runs GROMACS built from the same definition for the
+host's release (docs/modules.md, "Which launcher works with which image").
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -21,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import slurm as slurm_fixture
-from conftest import REPO, User, need
+from conftest import HOST_SUITE, REPO, User, need
 from hpcstack.scheduler import submit, wait
 
 pytestmark = pytest.mark.integration
@@ -53,26 +60,31 @@ def images(user: User) -> dict[str, Path]:
     user.run(["mkdir", "-p", str(work)], check=True)
     results: dict[str, subprocess.CompletedProcess[str]] = {}
 
-    def build(name: str) -> None:
-        text = (EXAMPLES / f"{name}.def").read_text()
+    def build(example: str, suite: str = "bookworm") -> str:
+        name = example if suite == "bookworm" else f"{example}-{suite}"
+        text = re.sub(r"(?m)^OSVersion: bookworm$", f"OSVersion: {suite}",
+                      (EXAMPLES / f"{example}.def").read_text())
         deffile, sif = work / f"{name}.def", work / f"{name}.sif"
         if sif.exists() and deffile.exists() and deffile.read_text() == text:
             results[name] = subprocess.CompletedProcess([], 0, "", "")
-            return
+            return name
         put(user, deffile, text)
         results[name] = user.hpcstack("build", "-q", "-F", f"{name}.sif", f"{name}.def",
                                       cwd=work)
         if results[name].returncode != 0:
             deffile.unlink()
+        return name
 
     # The bootstrap is shared through the build cache: build one first when it is cold.
     build("gromacs")
     build("lammps")
     build("mpi-hello-mpich")
     build("mpi-hello-mpich-pmix")
+    host_gromacs = build("gromacs", HOST_SUITE)  # for the host's mpirun
     for name, proc in results.items():
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
-    return {name: work / f"{name}.sif" for name in results}
+    return {name: work / f"{name}.sif" for name in results} | {
+        "gromacs-host": work / f"{host_gromacs}.sif"}
 
 
 SITE = """\
@@ -120,6 +132,24 @@ def site(user: User, images: dict[str, Path]) -> Path:
 @pytest.fixture(scope="module")
 def root(site: Path) -> Path:
     return site.parent / "modules"
+
+
+@pytest.fixture(scope="module")
+def host_mpi_root(user: User, images: dict[str, Path], root: Path) -> Path:
+    """A module tree whose gromacs/2022-cpu has the host's Open MPI, for the host's
+    ``mpirun``: the shared tree on Debian 12, one of its own on Debian 13."""
+    if images["gromacs-host"] == images["gromacs"]:
+        return root
+    work = user.workdir("modules-site-host")
+    path = put(user, work / "site.yaml", f"""\
+root: {work / "modules"}
+runtime: charliecloud
+apps:
+  - {{name: gromacs, version: 2022-cpu, image: {images["gromacs-host"]}, mpi: openmpi}}
+""")
+    proc = user.hpcstack("modules", "deploy", "-c", str(path))
+    assert proc.returncode == 0, proc.stderr
+    return work / "modules"
 
 
 @pytest.fixture(scope="module")
@@ -251,10 +281,10 @@ def test_wrapper_from_env_xargs_subprocess_bash_c(user: User, root: Path) -> Non
     assert proc.stdout.splitlines()[:5] == ["1"] * 5, proc.stdout + proc.stderr
 
 
-def test_mpirun_two_ranks(user: User, root: Path) -> None:
+def test_mpirun_two_ranks(user: User, host_mpi_root: Path) -> None:
     need("mpirun")
     work = user.workdir("modules-mpirun")
-    proc = lmod(user, root, f"""
+    proc = lmod(user, host_mpi_root, f"""
         module load gromacs/2022-cpu
         cd {work}
         gmx grompp -quiet -f /opt/water/md.mdp -c /opt/water/conf.gro -p /opt/water/topol.top \\

@@ -238,6 +238,11 @@ def test_mpi_check_job_script() -> None:
      "-----\nThe application appears to have been direct launched\n", False, False,
      "[vm:1] OPAL ERROR: Unreachable in file ext3x_client.c"),
     ("hello from rank 0 of 2 (rank sum 1)\n", False, False, "ranks answered: 0 of 2"),
+    # Debian 12's Open MPI 4.1 ranks under a Debian 13 host's mpirun (Open MPI 5).
+    ("It looks like orte_init failed for some reason; your parallel process is\n"
+     "  orte_ess_init failed\n  --> Returned value Error (-1) instead of ORTE_SUCCESS\n",
+     False, False, "the image's Open MPI 4 (ORTE) cannot be started by this host's mpirun "
+     "(Open MPI 5, PRRTE): use srun --mpi=pmix"),
     ("", False, False, "job FAILED without output"),
 ])
 def test_mpi_check_verdict(output: str, ok: bool, works: bool, detail: str) -> None:

@@ -124,6 +124,48 @@ def userns_findings(max_userns: str | None, unprivileged_clone: str | None,
     return found or [ok(check, f"enabled (user.max_user_namespaces = {max_userns.strip()})")]
 
 
+# --- the distribution ------------------------------------------------------------------
+
+#: The Debian releases hpcstack installs on and is tested on (docs/debian.md).
+RELEASES = {"12": "bookworm", "13": "trixie"}
+
+
+def os_release_fields(text: str) -> dict[str, str]:
+    """``/etc/os-release`` as a dict (values unquoted)."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            fields[key.strip()] = value.strip().strip('"')
+    return fields
+
+
+def release_finding(os_release: str | None, path: str = "/etc/os-release") -> Finding:
+    """Debian 12 or 13; anything else may lack a package or behave otherwise.
+
+    >>> release_finding('ID=debian\\nVERSION_ID="13"\\nVERSION_CODENAME=trixie\\n').line()
+    'OK   release: Debian 13 (trixie)'
+    """
+    check = "release"
+    fields = os_release_fields(os_release or "")
+    name = fields.get("PRETTY_NAME") or fields.get("NAME") or "an unknown system"
+    if fields.get("ID") == "debian" and RELEASES.get(fields.get("VERSION_ID", "")):
+        return ok(check, f"Debian {fields['VERSION_ID']} ({RELEASES[fields['VERSION_ID']]})")
+    return Finding(check, Status.WARN, f"{name} ({path}): hpcstack installs on and is "
+                   "tested on Debian 12 and 13 only", "use Debian 12 (bookworm) or 13 (trixie); "
+                   "see docs/debian.md")
+
+
+def open_mpi_version(output: str) -> str | None:
+    """The version ``mpirun --version`` reports when it is Open MPI's (None otherwise).
+
+    >>> open_mpi_version("mpirun (Open MPI) 5.0.7\\n\\nReport bugs to ...")
+    '5.0.7'
+    """
+    m = re.search(r"\(Open MPI\) (\d+\.\d+(?:\.\d+)?)", output)
+    return m.group(1) if m else None
+
+
 # --- setuid helpers and devices ----------------------------------------------------------
 
 
@@ -223,16 +265,29 @@ def mpi_types(output: str) -> set[str]:
 SRUN_MISSING = "srun not found on PATH"
 
 
+def mpirun_detail(mpirun: str, ompi: str | None) -> str:
+    """Where the host's mpirun is, and which images it can start one container per rank in:
+    Open MPI's launcher and the ranks' library must be of one major version (4: ORTE,
+    5: PRRTE), so a Debian 13 host's mpirun cannot start Debian 12 images' ranks."""
+    if ompi is None:
+        return mpirun
+    major = ompi.split(".")[0]
+    return (f"{mpirun} (Open MPI {ompi}: starts images with Open MPI {major}.x; others "
+            "through srun --mpi=pmix)")
+
+
 def launcher_findings(promised: list[str], listed: set[str] | None, srun_error: str,
-                      mpirun: str | None, libpmix: str | None) -> list[Finding]:
-    """Each launcher the site promises (site file ``launchers:``) against this node."""
+                      mpirun: str | None, libpmix: str | None,
+                      ompi: str | None = None) -> list[Finding]:
+    """Each launcher the site promises (site file ``launchers:``) against this node;
+    ``ompi`` is the version of Open MPI behind ``mpirun``."""
     from hpcstack.modules.mpicheck import NEEDS
 
     found = []
     for launcher in promised:
         check = f"launcher {launcher}"
         if launcher == "mpirun":
-            found.append(ok(check, mpirun) if mpirun else Finding(
+            found.append(ok(check, mpirun_detail(mpirun, ompi)) if mpirun else Finding(
                 check, Status.FAIL, "mpirun not found on PATH", f"apt-get install "
                 f"{NEEDS['mpirun'].split()[0]}"))
         elif listed is None and srun_error == SRUN_MISSING:

@@ -49,6 +49,7 @@ class Inputs:
     slurm_env: dict[str, str] = field(default_factory=dict)
     munge_socket: str | None = None
     mountinfo: Path = Path("/proc/self/mountinfo")
+    os_release: Path = Path("/etc/os-release")
     build_dir: Path = field(default_factory=_tmp_dir)
     build_variable: str = "HPCSTACK_TMPDIR"
     cache_dir: Path = field(default_factory=_cache_dir)
@@ -79,6 +80,10 @@ def read(path: Path) -> str | None:
         return path.read_text()
     except OSError:
         return None
+
+
+def release(i: Inputs) -> list[Finding]:
+    return [logic.release_finding(read(i.os_release), str(i.os_release))]
 
 
 def subids(i: Inputs) -> list[Finding]:
@@ -176,7 +181,11 @@ def launchers(i: Inputs) -> list[Finding]:
                 error = text.strip().splitlines()[-1] if text.strip() else \
                     f"exit status {proc.returncode}"
     libpmix = ctypes.util.find_library("pmix") if "pmix" in i.launchers else None
-    return logic.launcher_findings(i.launchers, listed, error, i.which("mpirun"), libpmix)
+    ompi = None
+    if "mpirun" in i.launchers and (proc := i.run(["mpirun", "--version"])) is not None:
+        ompi = logic.open_mpi_version((proc.stdout + proc.stderr).decode(errors="replace"))
+    return logic.launcher_findings(i.launchers, listed, error, i.which("mpirun"), libpmix,
+                                   ompi)
 
 
 def munge(i: Inputs) -> list[Finding]:
@@ -217,7 +226,7 @@ def storage(i: Inputs) -> list[Finding]:
 
 #: Every check, in the order they print.
 CHECKS: dict[str, Callable[[Inputs], list[Finding]]] = {
-    "subids": subids, "userns": userns, "idmaps": idmaps, "devices": devices,
+    "release": release, "subids": subids, "userns": userns, "idmaps": idmaps, "devices": devices,
     "tools": tools, "runtime": runtime, "modules": modules, "launchers": launchers,
     "munge": munge, "storage": storage,
 }

@@ -44,6 +44,12 @@ NEEDS = {
 }
 
 HELLO = re.compile(r"hello from rank (\d+) of (\d+)")
+#: Open MPI 4's ranks (ORTE) started by Open MPI 5's mpirun (PRRTE), as on a Debian 13
+#: host with Debian 12 images: ``orte_init`` fails before MPI_Init returns.
+ORTE_UNDER_PRRTE = re.compile(r"ORTE_SUCCESS|orte_init failed|orte_ess_init failed")
+OPEN_MPI_MISMATCH = ("the image's Open MPI 4 (ORTE) cannot be started by this host's mpirun "
+                     "(Open MPI 5, PRRTE): use srun --mpi=pmix, or build the image for the "
+                     "host's release (docs/modules.md)")
 ERROR_WORDS = re.compile(r"error|abort|fail|cannot|can not|unable|not found|denied|killed",
                          re.IGNORECASE)
 
@@ -97,6 +103,8 @@ def verdict(output: str, ranks: int, job_ok: bool, job_state: str = "") -> tuple
     if ranks > 1 and hellos and all(n == 1 for _, n in hellos):
         return False, (f"{len(hellos)} singletons: each rank saw a world of 1 (the image's MPI "
                        "did not talk to the launcher)")
+    if ORTE_UNDER_PRRTE.search(output):
+        return False, OPEN_MPI_MISMATCH
     line = first_error(output)
     if not line and hellos:
         line = "ranks answered: " + ", ".join(f"{r} of {n}" for r, n in sorted(hellos))
