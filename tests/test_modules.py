@@ -46,45 +46,41 @@ def put(user: User, path: Path, text: str) -> Path:
 # --- fixtures ---------------------------------------------------------------------------
 
 
+def build_example(user: User, example: str, suite: str = "bookworm") -> Path:
+    """``examples/modules/EXAMPLE.def`` built as the user for ``suite`` (its ``OSVersion``);
+    an image built earlier from the very same text is reused."""
+    work = user.home / "work" / "modules-images"
+    user.run(["mkdir", "-p", str(work)], check=True)
+    name = example if suite == "bookworm" else f"{example}-{suite}"
+    text = re.sub(r"(?m)^OSVersion: bookworm$", f"OSVersion: {suite}",
+                  (EXAMPLES / f"{example}.def").read_text())
+    deffile, sif = work / f"{name}.def", work / f"{name}.sif"
+    if sif.exists() and deffile.exists() and deffile.read_text() == text:
+        return sif
+    put(user, deffile, text)
+    proc = user.hpcstack("build", "-q", "-F", sif.name, deffile.name, cwd=work)
+    if proc.returncode != 0:
+        deffile.unlink()
+    assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
+    return sif
+
+
 @pytest.fixture(scope="module")
 def images(user: User) -> dict[str, Path]:
     """gromacs.sif, lammps.sif (Open MPI), mpi-hello-mpich.sif (Debian's MPICH) and
     mpi-hello-mpich-pmix.sif (plus MPICH rebuilt with PMIx), built by hpcstack as the user
-    from examples/modules/.
+    from examples/modules/; and ``gromacs-host``, GROMACS for the host's own release
+    (the same image on Debian 12).
 
     An image built earlier from the very same definition file is reused (a fresh
     machine, as in CI, builds all four: about five minutes here for the first three, and
-    six to nine more for the MPICH build of the fourth)."""
+    six to nine more for the MPICH build of the fourth; a Debian 13 host four more for its
+    own GROMACS)."""
     need("mmdebstrap", "unshare", "mksquashfs", "siftool", "ch-run", "unsquashfs")
-    work = user.home / "work" / "modules-images"
-    user.run(["mkdir", "-p", str(work)], check=True)
-    results: dict[str, subprocess.CompletedProcess[str]] = {}
-
-    def build(example: str, suite: str = "bookworm") -> str:
-        name = example if suite == "bookworm" else f"{example}-{suite}"
-        text = re.sub(r"(?m)^OSVersion: bookworm$", f"OSVersion: {suite}",
-                      (EXAMPLES / f"{example}.def").read_text())
-        deffile, sif = work / f"{name}.def", work / f"{name}.sif"
-        if sif.exists() and deffile.exists() and deffile.read_text() == text:
-            results[name] = subprocess.CompletedProcess([], 0, "", "")
-            return name
-        put(user, deffile, text)
-        results[name] = user.hpcstack("build", "-q", "-F", f"{name}.sif", f"{name}.def",
-                                      cwd=work)
-        if results[name].returncode != 0:
-            deffile.unlink()
-        return name
-
     # The bootstrap is shared through the build cache: build one first when it is cold.
-    build("gromacs")
-    build("lammps")
-    build("mpi-hello-mpich")
-    build("mpi-hello-mpich-pmix")
-    host_gromacs = build("gromacs", HOST_SUITE)  # for the host's mpirun
-    for name, proc in results.items():
-        assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
-    return {name: work / f"{name}.sif" for name in results} | {
-        "gromacs-host": work / f"{host_gromacs}.sif"}
+    names = ("gromacs", "lammps", "mpi-hello-mpich", "mpi-hello-mpich-pmix")
+    found = {name: build_example(user, name) for name in names}
+    return found | {"gromacs-host": build_example(user, "gromacs", HOST_SUITE)}
 
 
 SITE = """\
@@ -536,6 +532,51 @@ def test_check_mpi_bad_launcher_is_one_line(user: User, site: Path) -> None:
     line = _one_line_error(user.hpcstack("modules", "check", "-c", str(site), "--mpi",
                                          "--launcher", "pmi3"))
     assert line.endswith("error: --launcher pmi3: expected one of pmi2, pmix, mpirun"), line
+
+
+#: docs/modules.md's pair table: each release's MPI images, by the example they are built
+#: from and the release they are built for.
+PAIR_IMAGES = {
+    "openmpi-4.1-bookworm": ("gromacs", "bookworm"),
+    "openmpi-5.0-trixie": ("gromacs", "trixie"),
+    "mpich-4.0-bookworm": ("mpi-hello-mpich", "bookworm"),
+    "mpich-4.0-pmix-bookworm": ("mpi-hello-mpich-pmix", "bookworm"),
+    "mpich-4.2-trixie": ("mpi-hello-mpich", "trixie"),
+}
+
+
+@pytest.mark.skipif(not os.environ.get("HPCSTACK_MPI_PAIRS"),
+                    reason="measures docs/modules.md's table of host x image MPI pairs (both "
+                    "releases' images; minutes of builds): set HPCSTACK_MPI_PAIRS=1")
+def test_mpi_pairs_of_host_and_image_releases(user: User, images: dict[str, Path],
+                                              cluster: slurm_fixture.Slurm) -> None:
+    """Every launcher of this host against both releases' Open MPI and MPICH images, as
+    `hpcstack modules check --mpi` sees them; the table is printed for docs/modules.md.
+    What holds on both hosts: the image of the host's own release starts under the host's
+    mpirun and srun --mpi=pmix, and Debian 12's images under both releases' srun."""
+    work = user.workdir("modules-pairs")
+    apps = "".join(
+        f"  - {{name: pair, version: {version}, image: {build_example(user, example, suite)}, "
+        f"mpi: {'openmpi' if example == 'gromacs' else 'mpich'}}}\n"
+        for version, (example, suite) in PAIR_IMAGES.items())
+    path = put(user, work / "site.yaml", f"root: {work / 'modules'}\nruntime: charliecloud\n"
+               f"launchers: [pmi2, pmix, mpirun]\napps:\n{apps}")
+    user.hpcstack("modules", "deploy", "-c", str(path), check=True)
+    proc = user.hpcstack("modules", "check", "-c", str(path), "--mpi", "--json",
+                         env=cluster.env, timeout=1200)
+    got = {(t["module"].split("/")[1], t["launcher"]): t for t in json.loads(proc.stdout)["mpi"]}
+    mpirun = subprocess.run(["mpirun", "--version"], text=True, capture_output=True).stdout
+    print(f"\nhost: {HOST_SUITE}, {mpirun.splitlines()[0]}")
+    for version in PAIR_IMAGES:
+        print(f"| {version} | " + " | ".join(
+            "works" if got[(version, la)]["works"] else got[(version, la)]["detail"][:120]
+            for la in ("pmi2", "pmix", "mpirun")) + " |")
+    own_ompi = "openmpi-4.1-bookworm" if HOST_SUITE == "bookworm" else "openmpi-5.0-trixie"
+    for launcher in ("pmix", "mpirun"):
+        assert got[(own_ompi, launcher)]["works"], got[(own_ompi, launcher)]
+    for version in ("openmpi-4.1-bookworm", "mpich-4.0-pmix-bookworm"):
+        for launcher in ("pmi2", "pmix"):
+            assert got[(version, launcher)]["works"], got[(version, launcher)]
 
 
 # --- lifecycle: list, check, remove -----------------------------------------------------
