@@ -504,9 +504,17 @@ def test_check_mpi_table(user: User, site: Path, cluster: slurm_fixture.Slurm) -
     report = json.loads(proc.stdout)
     assert report["problems"] == []
     got = {(t["module"], t["launcher"]): t for t in report["mpi"]}
+    # A Debian 13 host's mpirun (Open MPI 5, PRRTE) cannot start these Debian 12 images'
+    # Open MPI 4 ranks, and says so; test_mpirun_two_ranks runs the host's own build there.
+    mismatched = set() if HOST_SUITE == "bookworm" else {("gromacs/2022-cpu", "mpirun"),
+                                                         ("lammps/2022-cpu", "mpirun")}
     for module in ("gromacs/2022-cpu", "lammps/2022-cpu", "mpi-hello/mpich-pmix"):
         for launcher in ("pmi2", "pmix", "mpirun"):
             t = got[(module, launcher)]
+            if (module, launcher) in mismatched:
+                assert not t["works"] and t["detail"].startswith(
+                    "the image's Open MPI 4 (ORTE) cannot be started by this host's mpirun"), t
+                continue
             assert t["works"] and t["detail"] == "2 ranks", (t, cluster.logs())
     assert got[("mpi-hello/mpich", "pmi2")]["works"], got[("mpi-hello/mpich", "pmi2")]
     for launcher in ("pmix", "mpirun"):
