@@ -265,15 +265,17 @@ def mpi_types(output: str) -> set[str]:
 SRUN_MISSING = "srun not found on PATH"
 
 
+#: Which images' ranks the host's Open MPI ``mpirun`` starts, one container per rank, by
+#: its major version (docs/modules.md, "Across Debian releases", measured on Debian 12/13).
+MPIRUN_STARTS = {"4": "images with Open MPI 4.x or 5.x",
+                 "5": "images with Open MPI 5.x only (Open MPI 4 images: srun --mpi=pmix)"}
+
+
 def mpirun_detail(mpirun: str, ompi: str | None) -> str:
-    """Where the host's mpirun is, and which images it can start one container per rank in:
-    Open MPI's launcher and the ranks' library must be of one major version (4: ORTE,
-    5: PRRTE), so a Debian 13 host's mpirun cannot start Debian 12 images' ranks."""
-    if ompi is None:
-        return mpirun
-    major = ompi.split(".")[0]
-    return (f"{mpirun} (Open MPI {ompi}: starts images with Open MPI {major}.x; others "
-            "through srun --mpi=pmix)")
+    """Where the host's mpirun is, and whose ranks it can start: Open MPI 5's PRRTE cannot
+    start Open MPI 4's (ORTE), so a Debian 13 host's mpirun fails Debian 12 images."""
+    starts = MPIRUN_STARTS.get((ompi or "").split(".")[0])
+    return f"{mpirun} (Open MPI {ompi}: starts {starts})" if starts else mpirun
 
 
 def launcher_findings(promised: list[str], listed: set[str] | None, srun_error: str,
