@@ -25,11 +25,13 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# Debian 12 (bookworm) and 13 (trixie) ship every package below under the same name
-# (docs/debian.md says what differs between them); another system is refused here.
+# Debian 12 (bookworm) or 13 (trixie); docs/debian.md says what differs between them.
 . /etc/os-release 2>/dev/null || true
 case "${ID:-}:${VERSION_ID:-}" in
-  debian:12|debian:13) ;;
+  debian:12) RELEASE_PACKAGES=() ;;
+  # buildah 1.39 needs Podman's network backend before it runs any RUN step (Debian 12's
+  # buildah 1.28 uses the CNI plugins it depends on).
+  debian:13) RELEASE_PACKAGES=(netavark) ;;
   *) echo "install.sh: ${PRETTY_NAME:-this system} is not Debian 12 or 13, the releases" \
           "hpcstack installs on (docs/debian.md)" >&2
      exit 1 ;;
@@ -40,7 +42,7 @@ PACKAGES=(
   util-linux uidmap                       # unshare --map-auto, newuidmap: fakeroot
   mmdebstrap debian-archive-keyring       # Bootstrap: debootstrap
   skopeo umoci                            # Bootstrap: docker / oci
-  buildah                                 # catalog build --format oci: Dockerfiles, rootless, pushed to the site registry
+  buildah runc                            # catalog build --format oci: Dockerfiles, rootless, pushed to the site registry
   squashfs-tools squashfuse fuse3 siftool # packing and reading images
   charliecloud bubblewrap                 # the runtime that runs here
   docker-registry openssl                 # a local registry for tests and sites
@@ -56,7 +58,7 @@ PACKAGES=(
   nodejs                                  # U2CB portal: its Passenger launcher (app.js); npm brings xterm.js
 )
 missing=()
-for p in "${PACKAGES[@]}"; do
+for p in "${PACKAGES[@]}" "${RELEASE_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
