@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -240,9 +242,12 @@ def registry(user: User, tmp_path_factory: pytest.TempPathFactory):
     Debian image made from a mmdebstrap root filesystem (standing in for Docker Hub)."""
     need("docker-registry", "openssl", "skopeo", "umoci", "mmdebstrap")
     root = tmp_path_factory.mktemp("registry")
-    # In the user's own tree: its clients must read the CA.  Per process: test runs
-    # in parallel must not regenerate each other's certificate.
-    certs = user.workdir(f"registry-certs-{os.getpid()}")
+    # Beside the homes, not in one: other accounts (the service's, a second user) read the
+    # CA too, and homes are private (0700).  Per process: test runs in parallel must not
+    # regenerate each other's certificate.
+    certs = Path(tempfile.mkdtemp(prefix=f"hpcstack-registry-certs-{os.getpid()}-",
+                                  dir="/var/tmp"))
+    certs.chmod(0o755)
     subprocess.run(
         [
             "openssl",
@@ -335,6 +340,7 @@ http:
     finally:
         server.terminate()
         server.wait()
+        shutil.rmtree(certs, ignore_errors=True)
 
 
 def test_docker_bootstrap_from_tls_registry(user: User, registry) -> None:
