@@ -246,7 +246,7 @@ def registry(user: User, tmp_path_factory: pytest.TempPathFactory):
     # CA too, and homes are private (0700). Not under /tmp, /var/tmp or /run either: U2CB's
     # jail gives builds private ones, over its bind of the CA. Per process: test runs in
     # parallel must not regenerate each other's certificate.
-    parent = Path("/var/lib/hpcstack-test")
+    parent = Path("/var/lib/hpcstack-test") if os.geteuid() == 0 else user.workdir("certs")
     parent.mkdir(mode=0o755, exist_ok=True)
     certs = Path(tempfile.mkdtemp(prefix=f"registry-certs-{os.getpid()}-", dir=parent))
     certs.chmod(0o755)
