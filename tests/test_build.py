@@ -244,9 +244,10 @@ def registry(user: User, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("registry")
     # Beside the homes, not in one: other accounts (the service's, a second user) read the
     # CA too, and homes are private (0700). Not under /tmp, /var/tmp or /run either: U2CB's
-    # jail gives builds private ones, over its bind of the CA. Per process: test runs in
-    # parallel must not regenerate each other's certificate.
-    parent = Path("/var/lib/hpcstack-test") if os.geteuid() == 0 else user.workdir("certs")
+    # jail gives builds private ones, over its bind of the CA; and under /home, which the
+    # Apptainer tree's entry binds (tests/conftest.py). Per process: test runs in parallel
+    # must not regenerate each other's certificate.
+    parent = Path("/home/.hpcstack-test") if os.geteuid() == 0 else user.workdir("certs")
     parent.mkdir(mode=0o755, exist_ok=True)
     certs = Path(tempfile.mkdtemp(prefix=f"registry-certs-{os.getpid()}-", dir=parent))
     certs.chmod(0o755)
